@@ -1,0 +1,3 @@
+from deba.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The `deba` command: thin. Each subcommand lives in deba.commands.<name> with
+`add_parser(subparsers)` and `run(args) -> int`; this file only dispatches and turns
+DebaError into one line on stderr with exit code 2."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import DebaError
+
+COMMANDS = ["demo", "train", "replay", "calibrate", "profile", "bench", "study", "report"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="deba", description="Adaptive batch-size training for PyTorch (DEBA).")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"deba {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"deba.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"deba.commands.{name}":
+                continue  # command not built yet
+            raise
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0 if argv is None and len(sys.argv) <= 1 else 2
+    try:
+        return int(args._run(args) or 0)
+    except DebaError as e:
+        print(f"deba {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"deba {args.command}: interrupted", file=sys.stderr)
+        return 130

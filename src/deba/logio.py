@@ -1,0 +1,129 @@
+"""Reading and writing the project's JSON/JSONL files: atomic writes, schema versions, and
+line-numbered errors for bad input."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from .errors import DebaError
+
+SCHEMA_VERSION = 1
+
+
+def _default(o: Any):
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def clean_json(obj: Any) -> Any:
+    """Replace non-finite floats with None: JSON has no NaN (spec: undefined values are null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw) -> str:
+    return json.dumps(clean_json(obj), default=_default, allow_nan=False, **kw)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a whole file so that a crash leaves either the old file or the new one, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
+    obj = {"schema_version": SCHEMA_VERSION, **obj}
+    atomic_write_text(path, dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
+    lines = [dumps({"schema_version": SCHEMA_VERSION, **r}) for r in records]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DebaError(f"{path}: no such file")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DebaError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DebaError(f"{path}: expected a JSON object")
+    return obj
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-empty line; bad lines raise DebaError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DebaError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DebaError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DebaError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def read_signal_log(path: str | os.PathLike, required: Sequence[str] = ("epoch", "grad_var", "grad_norm", "loss")) -> list[dict]:
+    """Read a per-epoch log for replay or calibration.
+
+    Every required field must be present; numbers may be null or non-finite (the policy treats those
+    as non-finite epochs), but a string, list or object is bad input. Epochs must be consecutive.
+    """
+    rows: list[dict] = []
+    prev_epoch = None
+    for lineno, obj in iter_jsonl(path):
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise DebaError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        for k in required:
+            v = obj[k]
+            if v is None and k != "epoch":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise DebaError(f"{path}:{lineno}: field {k!r} must be a number, got {json.dumps(v)}")
+        ep = obj["epoch"]
+        if isinstance(ep, float):
+            if not ep.is_integer():
+                raise DebaError(f"{path}:{lineno}: epoch must be an integer, got {ep}")
+            obj["epoch"] = ep = int(ep)
+        if prev_epoch is not None and ep != prev_epoch + 1:
+            raise DebaError(f"{path}:{lineno}: epochs must be consecutive, got epoch {ep} after {prev_epoch}")
+        prev_epoch = ep
+        rows.append(obj)
+    if not rows:
+        raise DebaError(f"{path}: no records")
+    return rows
