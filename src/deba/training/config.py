@@ -1,0 +1,167 @@
+"""One flat, typed training configuration shared by the CLI, config files and the Python API.
+
+Unknown keys are rejected; the whole config is saved with every run (config.json) and every checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, get_args
+
+from ..errors import DebaError
+
+POLICIES = ("fixed", "deba", "step-grow")
+LR_SCHEDULES = ("constant", "cosine")
+LR_SCALINGS = ("none", "linear", "sqrt")
+GRAPH_MODES = ("auto", "on", "off")
+AMP_MODES = ("none", "bf16")
+SIGNAL_MODES = ("last", "epoch-avg")
+NONFINITE_ACTIONS = ("skip", "stop")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    arch: str = "resnet18"
+    model: str | None = None  # "package.module:function" for a user's own model (overrides arch)
+    dataset: str = "cifar10"  # cifar10 | cifar100 | synthetic
+    data: str | None = None  # folder with cifar-10-batches-py / cifar-100-python, or the offline .npz
+    download: bool = False
+    subset: int | None = None
+    subset_seed: int = 0
+    augment: bool = True
+    # optimisation (paper protocol)
+    epochs: int = 100
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "constant"
+    lr_scaling: str = "none"  # scale lr with batch size relative to start_batch
+    # batch-size policy
+    policy: str = "deba"
+    preset: str | None = None  # None: deba.policy.DEFAULT_PRESET
+    theta_stab: float | None = None
+    theta_conf: float | None = None
+    thresholds: str | None = None  # JSON file from `deba profile` / `deba calibrate --json`
+    cooldown: int | None = None
+    window: int | None = None
+    full_history: bool = False
+    universal_thresholds: bool = False
+    start_batch: int = 64
+    b_min: int | None = None
+    b_max: int | None = None
+    grow_factor: float | None = None
+    rollback_factor: float | None = None
+    milestones: list[int] = field(default_factory=list)  # step-grow
+    decision_interval: int | None = None  # decide every N steps instead of every epoch
+    # signals
+    signals_mode: str = "last"
+    signals_every: int = 1
+    # evaluation and execution
+    eval_every: int = 1
+    device: str = "auto"
+    amp: str = "none"
+    graphs: str = "auto"
+    channels_last: bool = False
+    micro_batch: int | None = None  # gradient accumulation: largest micro-batch per forward/backward
+    seed: int = 42
+    deterministic: bool = False
+    # safety
+    checkpoint_every: int = 1  # epochs; 0 disables checkpoints
+    max_nonfinite: int = 3
+    nonfinite_action: str = "skip"
+    # outputs
+    out: str | None = None
+    run_name: str | None = None
+    quiet: bool = False
+    tensorboard: str | None = None
+    concurrent_runs: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def choice(name, options):
+            v = getattr(self, name)
+            if v not in options:
+                raise DebaError(f"{name} must be one of {', '.join(options)}, got {v!r}")
+
+        choice("policy", POLICIES)
+        choice("lr_schedule", LR_SCHEDULES)
+        choice("lr_scaling", LR_SCALINGS)
+        choice("graphs", GRAPH_MODES)
+        choice("amp", AMP_MODES)
+        choice("signals_mode", SIGNAL_MODES)
+        choice("nonfinite_action", NONFINITE_ACTIONS)
+        for name in ("epochs", "start_batch", "eval_every", "signals_every", "max_nonfinite", "concurrent_runs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DebaError(f"{name} must be an integer >= 1, got {v!r}")
+        for name in ("subset", "b_min", "b_max", "micro_batch", "decision_interval"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise DebaError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.checkpoint_every < 0:
+            raise DebaError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        for name in ("lr", "momentum", "weight_decay"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise DebaError(f"{name} must be a number >= 0, got {v!r}")
+        if self.lr <= 0:
+            raise DebaError(f"lr must be > 0, got {self.lr}")
+        if self.policy == "step-grow" and not self.milestones:
+            raise DebaError("policy step-grow needs milestones (epochs after which the batch grows)")
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k.replace("-", "_"): v for k, v in d.items() if k != "schema_version"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DebaError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise DebaError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        data = load_config_file(path)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a YAML or JSON mapping of TrainConfig keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise DebaError(f"{path}: no such config file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml and json raise different types; both mean the same to the user
+        raise DebaError(f"{path}: cannot parse config ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DebaError(f"{path}: a config file must hold a mapping of keys to values")
+    return data
+
+
+def field_types() -> dict[str, Any]:
+    return {f.name: f.type for f in fields(TrainConfig)}
+
+
+__all__ = ["TrainConfig", "load_config_file", "POLICIES", "field_types", "get_args"]
