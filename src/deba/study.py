@@ -1,0 +1,699 @@
+"""Grids of training runs: expand a study spec into runs, run them as subprocesses (several at once on one
+device), resume what was interrupted, split the grid into shards, and pack the logs into one archive.
+
+A spec is a YAML mapping::
+
+    name: quick
+    epochs: 30                      # or a list: the grid gains an epochs axis
+    datasets: [cifar10]
+    archs: [resnet18, mobilenet_v3_large]
+    seeds: [2, 42, 199]
+    common: {lr: 0.01}              # TrainConfig keys for every run
+    data: {cifar10: data/cifar10-jpeg.npz}   # optional `data` per dataset
+    arch_overrides: {vit_b_16: {micro_batch: 128}}
+    arms:                           # arm name -> TrainConfig overrides
+      fixed: {policy: fixed}
+      paper: {policy: deba, preset: paper}
+      universal: {policy: deba, preset: paper, universal_thresholds: true, datasets: [cifar10]}
+
+Inside an arm, ``datasets`` / ``archs`` restrict where that arm runs (Table 3's ablations are CIFAR-10
+only). Precedence, lowest first: common, data, arch_overrides, arm. Every run is a directory
+``OUT/<dataset>/<arch>/<arm>/seed<seed>`` (``<arm>-<epochs>ep`` when the spec lists several epochs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .errors import DebaError
+from .logio import atomic_write_text, dumps
+from .training.config import TrainConfig
+
+SPEC_KEYS = ("name", "description", "epochs", "datasets", "archs", "seeds", "common", "data", "arch_overrides", "arms")
+# keys the grid sets itself; a spec that sets them elsewhere is ambiguous
+GRID_KEYS = ("arch", "dataset", "seed", "epochs", "out", "run_name", "quiet", "concurrent_runs")
+ARM_FILTER_KEYS = ("datasets", "archs")
+# keys that may differ between a run's saved config.json and the spec without making it another run:
+# where it runs and how it reports, not what it computes
+NON_IDENTITY_KEYS = {"schema_version", "out", "quiet", "concurrent_runs", "device", "tensorboard",
+                     "checkpoint_every", "data", "download", "run_name"}
+RUN_OUTPUTS = ("config.json", "epochs.jsonl", "summary.json", "decisions.jsonl")
+PACKED_FILES = RUN_OUTPUTS + ("run.log",)
+SPEC_COPY = "study.yaml"
+RUN_CONFIG = "study-config.json"  # what the study hands to `deba train --config`
+LOCK_NAME = ".lock"
+CHECKPOINT = "checkpoint.pt"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+# exit codes of `deba study`
+EXIT_OK, EXIT_FAILED, EXIT_TIME_LIMIT = 0, 1, 3
+
+
+def default_train_command() -> list[str]:
+    return [sys.executable, "-m", "deba", "train"]
+
+
+# --- the spec --------------------------------------------------------------------------------------
+@dataclass
+class StudySpec:
+    name: str
+    epochs: list[int]
+    datasets: list[str]
+    archs: list[str]
+    seeds: list[int]
+    arms: dict[str, dict[str, Any]]
+    common: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
+    arch_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str | None = None
+    source: str = "spec"
+    text: str = ""
+
+
+@dataclass
+class RunPlan:
+    run_id: str  # "dataset/arch/arm/seedN", also the run's directory under the study's --out
+    dataset: str
+    arch: str
+    arm: str
+    seed: int
+    epochs: int
+    config: dict[str, Any]  # TrainConfig.to_dict() of the run, without out/quiet/concurrent_runs
+
+    def dir(self, out: Path) -> Path:
+        return Path(out, *self.run_id.split("/"))
+
+
+def _need_list(d: Mapping, key: str, source: str, kind: type) -> list:
+    v = d.get(key)
+    if v is None:
+        raise DebaError(f"{source}: missing {key!r} (a list)")
+    if not isinstance(v, list):
+        v = [v]
+    if not v:
+        raise DebaError(f"{source}: {key!r} is empty")
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, kind):
+            raise DebaError(f"{source}: {key!r} entries must be {kind.__name__}s, got {x!r}")
+    if len(set(v)) != len(v):
+        raise DebaError(f"{source}: {key!r} lists a value twice")
+    return list(v)
+
+
+def _need_mapping(v: Any, what: str, source: str, options: bool = False) -> dict:
+    """A mapping from the spec; ``options``: TrainConfig keys, where dashes and underscores are one."""
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise DebaError(f"{source}: {what} must be a mapping, got {type(v).__name__}")
+    return {(str(k).replace("-", "_") if options else str(k)): val for k, val in v.items()}
+
+
+def _check_name(name: str, what: str, source: str) -> None:
+    if not isinstance(name, str) or not _SAFE_NAME.match(name):
+        raise DebaError(f"{source}: {what} name {name!r} must be letters, digits, '.', '_', '+' or '-' "
+                        "(it becomes a directory name)")
+
+
+def parse_spec(data: Any, source: str = "spec", text: str = "") -> StudySpec:
+    if not isinstance(data, Mapping):
+        raise DebaError(f"{source}: a study spec must be a mapping")
+    unknown = sorted(set(data) - set(SPEC_KEYS))
+    if unknown:
+        raise DebaError(f"{source}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(SPEC_KEYS)})")
+    name = data.get("name") or Path(source).stem
+    _check_name(str(name), "study", source)
+    epochs = _need_list(data, "epochs", source, int)
+    if any(e < 1 for e in epochs):
+        raise DebaError(f"{source}: epochs must be >= 1")
+    datasets = _need_list(data, "datasets", source, str)
+    archs = _need_list(data, "archs", source, str)
+    seeds = _need_list(data, "seeds", source, int)
+    for d in datasets:
+        _check_name(d, "dataset", source)
+    for a in archs:
+        _check_name(a, "architecture", source)
+    common = _need_mapping(data.get("common"), "common", source, options=True)
+    arch_overrides = _need_mapping(data.get("arch_overrides"), "arch_overrides", source)
+    for a, ov in arch_overrides.items():  # overrides for archs outside this grid are kept, unused
+        arch_overrides[a] = _need_mapping(ov, f"arch_overrides.{a}", source, options=True)
+    data_paths = _need_mapping(data.get("data"), "data", source)
+    for d, p in data_paths.items():
+        if not isinstance(p, str):
+            raise DebaError(f"{source}: data.{d} must be a path string")
+    arms_raw = data.get("arms")
+    if not arms_raw:
+        raise DebaError(f"{source}: missing 'arms' (a mapping of arm name to training options)")
+    arms = {}
+    for arm, ov in _need_mapping(arms_raw, "arms", source).items():
+        _check_name(arm, "arm", source)
+        ov = _need_mapping(ov, f"arms.{arm}", source, options=True)
+        for key in ARM_FILTER_KEYS:
+            if key in ov:
+                # names outside the grid are allowed: narrowing `archs` must not break the arms' filters
+                ov[key] = _need_list(ov, key, f"{source}: arms.{arm}", str)
+        arms[arm] = ov
+    for where, mapping in [("common", common)] + [(f"arch_overrides.{a}", m) for a, m in arch_overrides.items()] + [
+            (f"arms.{a}", m) for a, m in arms.items()]:
+        clash = [k for k in GRID_KEYS if k in mapping]
+        if clash:
+            raise DebaError(f"{source}: {where} sets {', '.join(clash)}, which the grid sets itself "
+                            "(use the spec's top-level epochs / datasets / archs / seeds)")
+    return StudySpec(name=str(name), epochs=epochs, datasets=datasets, archs=archs, seeds=seeds, arms=arms,
+                     common=common, data=data_paths, arch_overrides=arch_overrides,
+                     description=data.get("description"), source=source, text=text)
+
+
+def load_spec(path: str | os.PathLike, data_overrides: Mapping[str, str] | None = None) -> StudySpec:
+    path = Path(path)
+    if not path.is_file():
+        raise DebaError(f"{path}: no such study spec")
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DebaError(f"{path}: cannot parse YAML ({str(e).splitlines()[0]})") from None
+    spec = parse_spec(data, source=str(path), text=text)
+    for d, p in (data_overrides or {}).items():
+        if d not in spec.datasets:
+            raise DebaError(f"--data {d}=...: {d!r} is not one of the spec's datasets ({', '.join(spec.datasets)})")
+        spec.data[d] = p
+    return spec
+
+
+def _check_policy_thresholds(cfg: TrainConfig, source: str) -> None:
+    """A DEBA run on a model the presets have no thresholds for would fail only once started: fail now."""
+    if cfg.policy != "deba" or cfg.thresholds or cfg.model:
+        return
+    from .policy import DEFAULT_PRESET, deba_config
+
+    try:
+        deba_config(cfg.preset or DEFAULT_PRESET, cfg.arch, universal_thresholds=cfg.universal_thresholds,
+                    theta_stab=cfg.theta_stab, theta_conf=cfg.theta_conf, cooldown=cfg.cooldown, window=cfg.window)
+    except (ValueError, TypeError) as e:
+        raise DebaError(f"{source}: {e}") from None
+
+
+def expand(spec: StudySpec) -> list[RunPlan]:
+    """Every run of the grid, validated through TrainConfig, sorted by run id (the order shards use)."""
+    plans: list[RunPlan] = []
+    several_epochs = len(spec.epochs) > 1
+    for dataset in spec.datasets:
+        for arch in spec.archs:
+            for arm, ov in spec.arms.items():
+                if "datasets" in ov and dataset not in ov["datasets"]:
+                    continue
+                if "archs" in ov and arch not in ov["archs"]:
+                    continue
+                arm_opts = {k: v for k, v in ov.items() if k not in ARM_FILTER_KEYS}
+                for epochs in spec.epochs:
+                    arm_dir = f"{arm}-{epochs}ep" if several_epochs else arm
+                    for seed in spec.seeds:
+                        run_id = f"{dataset}/{arch}/{arm_dir}/seed{seed}"
+                        d: dict[str, Any] = dict(spec.common)
+                        if dataset in spec.data:
+                            d["data"] = os.path.expandvars(os.path.expanduser(spec.data[dataset]))
+                        d.update(spec.arch_overrides.get(arch, {}))
+                        d.update(arm_opts)
+                        d.update(arch=arch, dataset=dataset, seed=seed, epochs=epochs, run_name=run_id)
+                        source = f"{spec.source}: run {run_id}"
+                        cfg = TrainConfig.from_dict(d, source=source)
+                        _check_policy_thresholds(cfg, source)
+                        conf = cfg.to_dict()
+                        for k in ("out", "quiet", "concurrent_runs"):
+                            conf.pop(k, None)
+                        plans.append(RunPlan(run_id, dataset, arch, arm, seed, epochs, conf))
+    plans.sort(key=lambda p: p.run_id)
+    if not plans:
+        raise DebaError(f"{spec.source}: the grid is empty (every arm is restricted away)")
+    return plans
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m:
+        raise DebaError(f"--shard must look like i/n (e.g. 0/4), got {text!r}")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 0 <= i < n:
+        raise DebaError(f"--shard {text}: need n >= 1 and 0 <= i <= n-1")
+    return i, n
+
+
+def shard_plans(plans: Sequence[RunPlan], shard: tuple[int, int] | None) -> list[RunPlan]:
+    """Run k of the sorted list goes to shard k % n: every run in exactly one shard, archs interleaved."""
+    if shard is None:
+        return list(plans)
+    i, n = shard
+    return [p for k, p in enumerate(plans) if k % n == i]
+
+
+# --- per-run state on disk -------------------------------------------------------------------------
+class RunLock:
+    """One study process per run at a time.
+
+    The lock file holds the owner's pid and host (for people reading it); what excludes is an flock on it,
+    which the kernel drops when the owning process dies, so a lock left by a dead process is free to take
+    over without guessing from pids. The running `deba train` inherits the locked descriptor, so the run
+    stays locked even if the study process that started it is killed first.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    return False
+                raise DebaError(f"{self.path}: cannot lock ({e.strerror}); does this filesystem support flock?") from None
+            # the previous owner may have unlinked the file between our open and our flock: then we hold a
+            # lock on a file nobody else sees, and must try again on the current one
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def is_held_elsewhere(self) -> bool:
+        if not self.path.exists():
+            return False
+        if self.fd is not None:
+            return False
+        if self.acquire():
+            self.release()
+            return False
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return "?"
+
+
+def _read_json_quiet(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def config_conflicts(saved: Mapping[str, Any], planned: Mapping[str, Any]) -> list[str]:
+    """Keys where a run's saved config.json says something else than the spec now does."""
+    return sorted(k for k, v in planned.items()
+                  if k not in NON_IDENTITY_KEYS and k in saved and saved[k] != v)
+
+
+def run_status(plan: RunPlan, out: Path, check_lock: bool = True) -> tuple[str, str]:
+    """(status, detail). Status: complete, stopped (ended by the trainer, e.g. non-finite), running (locked by
+    another process), conflict (made with another config), resumable (has a checkpoint), partial (files but no
+    checkpoint: restarts from scratch), pending."""
+    d = plan.dir(out)
+    saved = _read_json_quiet(d / "config.json")
+    if saved is not None:
+        diff = config_conflicts(saved, plan.config)
+        if diff:
+            k = diff[0]
+            return "conflict", f"{k}: {saved[k]!r} in {d / 'config.json'}, {plan.config[k]!r} in the spec" + (
+                f" (and {len(diff) - 1} more)" if len(diff) > 1 else "")
+    summary = _read_json_quiet(d / "summary.json") or {}
+    status = str(summary.get("status", ""))
+    if status == "complete":
+        return "complete", _result_text(summary)
+    if status.startswith("stopped"):
+        return "stopped", status
+    if check_lock and RunLock(d).is_held_elsewhere():
+        return "running", f"locked by {RunLock(d).holder()}"
+    if (d / CHECKPOINT).exists():
+        done = summary.get("epochs_completed")
+        return "resumable", f"checkpoint after epoch {done}" if done is not None else "checkpoint"
+    if d.exists() and any(p.name not in (LOCK_NAME, "run.log") for p in d.iterdir()):
+        return "partial", "no checkpoint: restarts from scratch"
+    return "pending", ""
+
+
+def _result_text(summary: Mapping[str, Any]) -> str:
+    acc, t = summary.get("final_test_acc"), summary.get("train_time_s")
+    parts = []
+    if isinstance(acc, (int, float)):
+        parts.append(f"acc {acc:.2f}%")
+    if isinstance(t, (int, float)):
+        parts.append(f"train {t:.0f}s")
+    if summary.get("final_batch_size") is not None:
+        parts.append(f"B {summary.get('batch_sizes', [None])[0]}->{summary['final_batch_size']}")
+    return ", ".join(parts)
+
+
+def _clear_partial(run_dir: Path) -> None:
+    for p in run_dir.iterdir():
+        if p.name in (LOCK_NAME, "run.log"):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+# --- running -----------------------------------------------------------------------------------------
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str  # complete, stopped, failed, interrupted, skipped-running, conflict, (and the run_status ones)
+    detail: str = ""
+    seconds: float | None = None
+
+
+@dataclass
+class StudyResult:
+    outcomes: list[RunOutcome]
+    exit_code: int
+    time_limit_hit: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+
+@dataclass
+class _Active:
+    plan: RunPlan
+    proc: subprocess.Popen
+    lock: RunLock
+    log: io.TextIOBase
+    started: float
+    resumed: bool
+
+
+def _launch(plan: RunPlan, out: Path, concurrent: int, train_command: Sequence[str], lock: RunLock,
+            resume: bool) -> _Active:
+    d = plan.dir(out)
+    if not resume:
+        _clear_partial(d)
+    conf = dict(plan.config, concurrent_runs=concurrent)
+    atomic_write_text(d / RUN_CONFIG, dumps({"schema_version": 1, **conf}, indent=2) + "\n")
+    cmd = [*train_command, "--config", str(d / RUN_CONFIG), "--out", str(d), "--quiet"]
+    if resume:
+        cmd.append("--resume")
+    log = open(d / "run.log", "a", encoding="utf-8")
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {' '.join(cmd)}\n")
+    log.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True, pass_fds=(lock.fd,))
+    return _Active(plan, proc, lock, log, time.monotonic(), resume)
+
+
+def _stop(active: _Active, grace_s: float = 30.0) -> None:
+    """Stop a run we started (its whole process group: workers too), politely first."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        if active.proc.poll() is not None:
+            return
+        try:
+            os.killpg(active.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            active.proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _finish(active: _Active, out: Path, interrupted: bool = False) -> RunOutcome:
+    rc = active.proc.wait()
+    secs = time.monotonic() - active.started
+    active.log.write(f"# exit code {rc}\n")
+    active.log.close()
+    active.lock.release()
+    summary = _read_json_quiet(active.plan.dir(out) / "summary.json") or {}
+    status = str(summary.get("status", ""))
+    if status == "complete":
+        return RunOutcome(active.plan.run_id, "complete", _result_text(summary), secs)
+    if status.startswith("stopped"):
+        return RunOutcome(active.plan.run_id, "stopped", status, secs)
+    if interrupted:
+        return RunOutcome(active.plan.run_id, "interrupted", "time limit: resumes next time", secs)
+    tail = _log_tail(active.plan.dir(out) / "run.log")
+    return RunOutcome(active.plan.run_id, "failed", f"exit code {rc}" + (f": {tail}" if tail else ""), secs)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln and not ln.startswith("# ")]
+    return lines[-1][:200] if lines else ""
+
+
+def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, shard: tuple[int, int] | None = None,
+              train_command: Sequence[str] | None = None, time_limit_s: float | None = None,
+              poll_s: float = 0.2, log: Callable[[str], None] | None = None) -> StudyResult:
+    """Run every unfinished run of (this shard of) the grid, ``parallel`` at a time.
+
+    Finished runs (summary status complete, or stopped by the trainer) are never redone; a run with a
+    checkpoint resumes from it; any other started run restarts from scratch. Runs locked by another study
+    process are left to it. A failed run is reported and does not stop the others. With ``time_limit_s``,
+    no run starts after the limit and running ones are stopped at it (they resume next time).
+    """
+    if parallel < 1:
+        raise DebaError(f"--parallel must be >= 1, got {parallel}")
+    log = log or (lambda s: print(s, flush=True))
+    out = Path(out)
+    train_command = list(train_command or default_train_command())
+    plans = shard_plans(expand(spec), shard)
+    conflicts = [(p, run_status(p, out, check_lock=False)) for p in plans]
+    conflicts = [(p, st) for p, st in conflicts if st[0] == "conflict"]
+    if conflicts:
+        p, (_, detail) = conflicts[0]
+        raise DebaError(f"run {p.run_id} in {out} was made with another config ({detail}); use another --out "
+                        f"or delete that run" + (f" ({len(conflicts)} runs conflict)" if len(conflicts) > 1 else ""))
+    for d, path in spec.data.items():
+        if d in spec.datasets and not Path(os.path.expandvars(os.path.expanduser(path))).exists():
+            raise DebaError(f"data for {d} not found: {path} (set it with --data {d}=PATH)")
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.text:
+        atomic_write_text(out / SPEC_COPY, spec.text)
+
+    outcomes: dict[str, RunOutcome] = {}
+    queue: list[RunPlan] = []
+    for p in plans:
+        st, detail = run_status(p, out)
+        if st in ("complete", "stopped"):
+            outcomes[p.run_id] = RunOutcome(p.run_id, st, detail)
+        else:
+            queue.append(p)
+    concurrent = max(1, min(parallel, len(queue)))
+    log(f"study {spec.name}: {len(plans)} runs in this {'shard' if shard else 'grid'}, "
+        f"{len(plans) - len(queue)} finished, {len(queue)} to run, {concurrent} at a time")
+    active: list[_Active] = []
+    started = time.monotonic()
+    time_limit_hit = False
+    n_started = 0
+    try:
+        while queue or active:
+            over = time_limit_s is not None and time.monotonic() - started >= time_limit_s
+            if over and not time_limit_hit:
+                time_limit_hit = True
+                log(f"time limit of {time_limit_s:.0f}s reached: stopping {len(active)} running run(s), "
+                    f"{len(queue)} not started")
+                for a in active:
+                    _stop(a)
+                for a in active:
+                    o = _finish(a, out, interrupted=True)
+                    outcomes[o.run_id] = o
+                    log(f"  {o.status:11s} {o.run_id}  {o.detail}")
+                active = []
+                for p in queue:
+                    outcomes[p.run_id] = RunOutcome(p.run_id, "not-started", "time limit")
+                queue = []
+                break
+            while queue and len(active) < parallel:
+                p = queue.pop(0)
+                d = p.dir(out)
+                lock = RunLock(d)
+                if not lock.acquire():
+                    outcomes[p.run_id] = RunOutcome(p.run_id, "skipped-running", f"locked by {lock.holder()}")
+                    log(f"  skip        {p.run_id}  (another process runs it: {lock.holder()})")
+                    continue
+                st, detail = run_status(p, out, check_lock=False)  # another process may have finished it
+                if st in ("complete", "stopped"):
+                    lock.release()
+                    outcomes[p.run_id] = RunOutcome(p.run_id, st, detail)
+                    continue
+                resume = st == "resumable"
+                try:
+                    a = _launch(p, out, concurrent, train_command, lock, resume)
+                except OSError as e:
+                    lock.release()
+                    outcomes[p.run_id] = RunOutcome(p.run_id, "failed", f"cannot start: {e}")
+                    log(f"  failed      {p.run_id}  cannot start: {e}")
+                    continue
+                active.append(a)
+                n_started += 1
+                log(f"  {'resume' if resume else 'start':11s} {p.run_id}")
+            if not active:
+                continue
+            time.sleep(poll_s)
+            still = []
+            for a in active:
+                if a.proc.poll() is None:
+                    still.append(a)
+                    continue
+                o = _finish(a, out)
+                outcomes[o.run_id] = o
+                log(f"  {o.status:11s} {o.run_id}  {o.detail}")
+            active = still
+    except BaseException:
+        for a in active:  # Ctrl-C or an error of ours: leave no run of ours behind, each one resumable
+            _stop(a, grace_s=10.0)
+            a.log.close()
+            a.lock.release()
+        raise
+    ordered = [outcomes[p.run_id] for p in plans if p.run_id in outcomes]
+    failed = sum(o.status == "failed" for o in ordered)
+    code = EXIT_FAILED if failed else EXIT_TIME_LIMIT if time_limit_hit else EXIT_OK
+    return StudyResult(ordered, code, time_limit_hit)
+
+
+def plan_table(spec: StudySpec, out: str | os.PathLike, shard: tuple[int, int] | None = None) -> list[tuple[RunPlan, str, str]]:
+    out = Path(out)
+    return [(p, *run_status(p, out)) for p in shard_plans(expand(spec), shard)]
+
+
+# --- packing --------------------------------------------------------------------------------------
+def pack_study(spec: StudySpec, out: str | os.PathLike, archive: str | os.PathLike) -> int:
+    """Write the logs of every run of the grid found under ``out`` (all shards; no checkpoints) and the spec
+    into one .tar.gz, paths relative to ``out`` (so `--restore` or `tar -C OUT -x` puts them back). Returns
+    the number of runs packed."""
+    out, archive = Path(out), Path(archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
+    n = 0
+    try:
+        with tarfile.open(tmp, "w:gz") as tar:
+            spec_text = (out / SPEC_COPY).read_text(encoding="utf-8") if (out / SPEC_COPY).is_file() else spec.text
+            if spec_text:
+                _add_bytes(tar, SPEC_COPY, spec_text.encode("utf-8"))
+            for p in expand(spec):
+                d = p.dir(out)
+                files = [d / f for f in PACKED_FILES if (d / f).is_file()]
+                if not any(f.name == "summary.json" for f in files):
+                    continue
+                n += 1
+                for f in files:
+                    tar.add(f, arcname=f"{p.run_id}/{f.name}", recursive=False)
+        os.replace(tmp, archive)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(time.time())
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _safe_member_path(name: str) -> PurePosixPath | None:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return None
+    return p
+
+
+def restore_archives(archives: Iterable[str | os.PathLike], out: str | os.PathLike) -> int:
+    """Put the finished runs of earlier packs back under ``out`` so this study skips them (results from
+    earlier sessions accumulate). Runs already complete here are left alone. Returns runs restored."""
+    out = Path(out)
+    restored = 0
+    for archive in archives:
+        runs = read_archive_runs(archive)
+        for run_id, files in runs.items():
+            summary = json.loads(files["summary.json"]) if "summary.json" in files else {}
+            if summary.get("status") != "complete":
+                continue
+            d = Path(out, *PurePosixPath(run_id).parts)
+            local = _read_json_quiet(d / "summary.json") or {}
+            if local.get("status") == "complete":
+                continue
+            d.mkdir(parents=True, exist_ok=True)
+            for name, text in files.items():
+                if name in PACKED_FILES:
+                    atomic_write_text(d / name, text)
+            restored += 1
+    return restored
+
+
+def read_archive_runs(archive: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """{run directory (posix, relative): {file name: text}} for the log files inside a .tar.gz."""
+    archive = Path(archive)
+    if not archive.is_file():
+        raise DebaError(f"{archive}: no such archive")
+    runs: dict[str, dict[str, str]] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                p = _safe_member_path(m.name)
+                if p is None or p.name not in PACKED_FILES or len(p.parts) < 2:
+                    continue
+                f = tar.extractfile(m)
+                if f is None:
+                    continue
+                runs.setdefault(str(p.parent), {})[p.name] = f.read().decode("utf-8", errors="replace")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DebaError(f"{archive}: not a readable .tar.gz archive ({e})") from None
+    return runs
+
+
+__all__ = [
+    "StudySpec", "RunPlan", "RunLock", "RunOutcome", "StudyResult", "load_spec", "parse_spec", "expand",
+    "parse_shard", "shard_plans", "run_status", "run_study", "plan_table", "pack_study", "restore_archives",
+    "read_archive_runs", "default_train_command", "config_conflicts", "EXIT_OK", "EXIT_FAILED", "EXIT_TIME_LIMIT",
+]

@@ -1,0 +1,362 @@
+"""deba.study: grid expansion, shards, resume, locks, packing; runs are a fake `deba train` script."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from deba import study
+from deba.cli import main
+from deba.errors import DebaError
+from deba.training.config import TrainConfig
+
+# A stand-in for `deba train --config F --out D [--resume] --quiet`: one line per "epoch", a checkpoint after
+# each, a summary at the end. FAKE_MODE=die: killed right after the first checkpoint unless resuming;
+# FAKE_MODE=sleep: sleeps after each checkpoint (for the time limit); FAKE_SLEEP: seconds per epoch.
+FAKE_TRAIN = textwrap.dedent(r'''
+    import argparse, json, os, signal, sys, time
+    from pathlib import Path
+    p = argparse.ArgumentParser()
+    p.add_argument("--config"); p.add_argument("--out"); p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args()
+    cfg = json.loads(Path(a.config).read_text())
+    out = Path(a.out)
+    ckpt = out / "checkpoint.pt"
+    resuming = a.resume and ckpt.exists()
+    with open(os.environ["FAKE_LOG"], "a") as f:
+        f.write(json.dumps({"run": cfg["run_name"], "resume": a.resume, "quiet": a.quiet,
+                            "concurrent_runs": cfg["concurrent_runs"], "lr": cfg["lr"],
+                            "leftovers": sorted(x.name for x in out.iterdir()
+                                                if x.name not in (".lock", "run.log", "study-config.json"))}) + "\n")
+    (out / "config.json").write_text(json.dumps({"schema_version": 1, **cfg}))
+    start = int(ckpt.read_text()) if resuming else 0
+    mode = os.environ.get("FAKE_MODE", "")
+    for e in range(start + 1, cfg["epochs"] + 1):
+        with open(out / "epochs.jsonl", "a") as f:
+            f.write(json.dumps({"schema_version": 1, "epoch": e, "batch_size": cfg["start_batch"]}) + "\n")
+        ckpt.write_text(str(e))
+        time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+        if mode == "die" and not a.resume:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if mode == "sleep":
+            time.sleep(60)
+    (out / "summary.json").write_text(json.dumps({"schema_version": 1, "status": "complete", "seed": cfg["seed"],
+                                                  "final_test_acc": 50.0, "train_time_s": 1.0,
+                                                  "batch_sizes": [cfg["start_batch"]], "final_batch_size": 64}))
+''')
+
+SPEC = {
+    "name": "t",
+    "epochs": 2,
+    "datasets": ["synthetic"],
+    "archs": ["tiny_cnn", "resnet18"],
+    "seeds": [1, 2],
+    "common": {"lr": 0.05, "device": "cpu"},
+    "arch_overrides": {"resnet18": {"lr": 0.02, "start-batch": 32}},
+    "arms": {
+        "fixed": {"policy": "fixed"},
+        "bounded": {"policy": "deba", "preset": "paper-bounded", "archs": ["resnet18"]},
+        "universal": {"policy": "deba", "universal_thresholds": True, "lr": 0.1},
+    },
+}
+
+
+def write_spec(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    log = tmp_path / "fake.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.delenv("FAKE_MODE", raising=False)
+    monkeypatch.delenv("FAKE_SLEEP", raising=False)
+
+    class Fake:
+        command = [sys.executable, str(script)]
+
+        @staticmethod
+        def calls() -> list[dict]:
+            return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return Fake
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+def run(spec, out, fake, **kw):
+    return study.run_study(spec, out, train_command=fake.command, log=quiet, poll_s=0.02, **kw)
+
+
+# --- spec and grid ---------------------------------------------------------------------------------
+def test_expand_counts_ids_and_precedence():
+    spec = study.parse_spec(SPEC)
+    plans = study.expand(spec)
+    # tiny_cnn: fixed + universal; resnet18: fixed + bounded + universal; two seeds each
+    assert len(plans) == (2 + 3) * 2
+    ids = [p.run_id for p in plans]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert "synthetic/resnet18/bounded/seed1" in ids and "synthetic/tiny_cnn/bounded/seed1" not in ids
+    by_id = {p.run_id: p for p in plans}
+    # precedence: common < arch_overrides < arm; grid keys set by the grid; every config valid
+    assert by_id["synthetic/tiny_cnn/fixed/seed2"].config["lr"] == 0.05
+    assert by_id["synthetic/resnet18/fixed/seed2"].config["lr"] == 0.02
+    assert by_id["synthetic/resnet18/fixed/seed2"].config["start_batch"] == 32
+    assert by_id["synthetic/resnet18/universal/seed1"].config["lr"] == 0.1
+    p = by_id["synthetic/resnet18/bounded/seed2"]
+    assert (p.config["arch"], p.config["dataset"], p.config["seed"], p.config["epochs"]) == ("resnet18", "synthetic", 2, 2)
+    assert p.config["run_name"] == p.run_id
+    for p in plans:
+        TrainConfig.from_dict(p.config)
+
+
+def test_epochs_axis_and_arm_dataset_filter():
+    spec = study.parse_spec({**SPEC, "epochs": [2, 5], "datasets": ["synthetic", "cifar10"],
+                             "arms": {"fixed": {"policy": "fixed"},
+                                      "universal": {"policy": "deba", "universal_thresholds": True,
+                                                    "datasets": ["cifar10"]}}})
+    plans = study.expand(spec)
+    # fixed on 2 datasets, universal on cifar10 only; x 2 archs x 2 epochs x 2 seeds
+    assert len(plans) == (2 + 1) * 2 * 2 * 2
+    assert "cifar10/tiny_cnn/universal-5ep/seed2" in {p.run_id for p in plans}
+    assert not any(p.dataset == "synthetic" and p.arm == "universal" for p in plans)
+    assert {p.config["epochs"] for p in plans if p.run_id.endswith("-5ep/seed1") or "-5ep/" in p.run_id} == {5}
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"arms": {"x": {"policy": "fixed", "lerning_rate": 1}}}, "unknown key(s) lerning_rate"),
+    ({"arms": {"x": {"policy": "sometimes"}}}, "policy must be one of"),
+    ({"common": {"epochs": 3}}, "common sets epochs"),
+    ({"arms": {}}, "missing 'arms'"),
+    ({"seeds": [1, 1]}, "lists a value twice"),
+    ({"arms": {"a/b": {"policy": "fixed"}}}, "arm name 'a/b'"),
+    ({"arms": {"x": {"policy": "deba", "preset": "paper"}}}, "no thresholds"),  # tiny_cnn is not in Table 1
+    ({"colour": "red"}, "unknown key(s) colour"),
+    ({"arch_overrides": {"tiny_cnn": {"lr": "fast"}}}, "lr must be a number"),
+])
+def test_bad_spec_is_one_line_error(change, words):
+    with pytest.raises(DebaError) as e:
+        study.expand(study.parse_spec({**SPEC, **change}))
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_spec_before_anything_starts(tmp_path, fake, capsys):
+    path = write_spec(tmp_path, {**SPEC, "arms": {"fixed": {"policy": "fixed"}, "bad": {"momentum": -1}}})
+    code = main(["study", str(path), "--out", str(tmp_path / "out"), "--train-command",
+                 " ".join(fake.command)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "momentum must be" in err
+    assert fake.calls() == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["1", "2/2", "-1/3", "a/b", "0/0"])
+def test_bad_shard(text):
+    with pytest.raises(DebaError):
+        study.parse_shard(text)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 11, 20])
+def test_shards_cover_grid_exactly_once(n):
+    plans = study.expand(study.parse_spec(SPEC))
+    seen = [p.run_id for i in range(n) for p in study.shard_plans(plans, study.parse_shard(f"{i}/{n}"))]
+    assert sorted(seen) == sorted(p.run_id for p in plans)
+    assert len(seen) == len(set(seen))
+
+
+# --- running -----------------------------------------------------------------------------------------
+def test_runs_all_then_never_redoes_finished(tmp_path, fake):
+    spec = study.parse_spec(SPEC)
+    out = tmp_path / "out"
+    res = run(spec, out, fake, parallel=3)
+    assert res.exit_code == 0 and res.count("complete") == 10
+    calls = fake.calls()
+    assert len(calls) == 10 and all(c["quiet"] and not c["resume"] for c in calls)
+    assert {c["concurrent_runs"] for c in calls} == {3}  # shared timings are labelled
+    for p in study.expand(spec):
+        assert study.run_status(p, out)[0] == "complete"
+        assert json.loads((p.dir(out) / "config.json").read_text())["lr"] == p.config["lr"]
+        assert not (p.dir(out) / ".lock").exists()
+    res2 = run(spec, out, fake, parallel=3)
+    assert res2.exit_code == 0 and res2.count("complete") == 10
+    assert len(fake.calls()) == 10  # nothing started again
+
+
+def test_resume_after_killed_run(tmp_path, fake, monkeypatch):
+    spec = study.parse_spec({**SPEC, "epochs": 3, "archs": ["resnet18"], "seeds": [1]})
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_MODE", "die")
+    res = run(spec, out, fake, parallel=2)
+    assert res.exit_code == study.EXIT_FAILED and res.count("failed") == 3
+    assert all("exit code -9" in o.detail for o in res.outcomes)
+    plans = study.expand(spec)
+    assert [study.run_status(p, out)[0] for p in plans] == ["resumable"] * 3
+    res = run(spec, out, fake, parallel=2)
+    assert res.exit_code == 0 and res.count("complete") == 3
+    second = fake.calls()[3:]
+    assert len(second) == 3 and all(c["resume"] for c in second)
+    for p in plans:  # continued from the checkpoint: each epoch trained exactly once
+        epochs = [json.loads(x)["epoch"] for x in (p.dir(out) / "epochs.jsonl").read_text().splitlines()]
+        assert epochs == [1, 2, 3]
+
+
+def test_partial_run_without_checkpoint_restarts_clean(tmp_path, fake):
+    spec = study.parse_spec({**SPEC, "archs": ["tiny_cnn"], "seeds": [1], "arms": {"fixed": {"policy": "fixed"}}})
+    out = tmp_path / "out"
+    (plan,) = study.expand(spec)
+    d = plan.dir(out)
+    d.mkdir(parents=True)
+    (d / "epochs.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (d / "summary.json").write_text('{"status": "running"}')
+    assert study.run_status(plan, out)[0] == "partial"
+    res = run(spec, out, fake)
+    assert res.count("complete") == 1
+    (call,) = fake.calls()
+    assert call["resume"] is False and call["leftovers"] == []
+    assert len((d / "epochs.jsonl").read_text().splitlines()) == 2
+
+
+def test_stopped_run_is_final(tmp_path, fake):
+    spec = study.parse_spec({**SPEC, "archs": ["tiny_cnn"], "seeds": [1], "arms": {"fixed": {"policy": "fixed"}}})
+    out = tmp_path / "out"
+    (plan,) = study.expand(spec)
+    plan.dir(out).mkdir(parents=True)
+    (plan.dir(out) / "summary.json").write_text('{"status": "stopped: non-finite"}')
+    res = run(spec, out, fake)
+    assert [o.status for o in res.outcomes] == ["stopped"] and fake.calls() == [] and res.exit_code == 0
+
+
+def test_shard_runs_only_its_share(tmp_path, fake):
+    spec = study.parse_spec(SPEC)
+    out = tmp_path / "out"
+    run(spec, out, fake, shard=(1, 3))
+    expected = {p.run_id for p in study.shard_plans(study.expand(spec), (1, 3))}
+    assert {c["run"] for c in fake.calls()} == expected and len(fake.calls()) == len(expected)
+
+
+def test_lock_held_elsewhere_is_skipped_and_stale_lock_taken_over(tmp_path, fake):
+    spec = study.parse_spec({**SPEC, "archs": ["tiny_cnn"], "seeds": [1]})
+    out = tmp_path / "out"
+    held, stale = study.expand(spec)
+    holder = study.RunLock(held.dir(out))
+    assert holder.acquire()
+    # a lock file left by a process that died: its pid is dead, nobody holds the flock
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale.dir(out).mkdir(parents=True)
+    (stale.dir(out) / ".lock").write_text(f"{dead.stdout.strip()} somehost\n")
+    assert study.run_status(held, out)[0] == "running"
+    res = run(spec, out, fake)
+    statuses = {o.run_id: o.status for o in res.outcomes}
+    assert statuses == {held.run_id: "skipped-running", stale.run_id: "complete"}
+    assert [c["run"] for c in fake.calls()] == [stale.run_id]
+    holder.release()
+    res = run(spec, out, fake)
+    assert res.count("complete") == 2 and [c["run"] for c in fake.calls()][1:] == [held.run_id]
+
+
+@pytest.mark.slow
+def test_two_study_processes_never_run_a_run_twice(tmp_path, fake, monkeypatch):
+    spec_path = write_spec(tmp_path, SPEC)
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_SLEEP", "0.15")
+    other = subprocess.Popen([sys.executable, "-m", "deba", "study", str(spec_path), "--out", str(out),
+                              "--parallel", "2", "--train-command", " ".join(fake.command)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    mine = run(study.load_spec(spec_path), out, fake, parallel=2)
+    assert other.wait(timeout=60) == 0, other.stderr.read()
+    assert mine.exit_code == 0
+    runs = [c["run"] for c in fake.calls()]
+    assert sorted(runs) == sorted(p.run_id for p in study.expand(study.load_spec(spec_path)))
+    assert all(study.run_status(p, out)[0] == "complete" for p in study.expand(study.load_spec(spec_path)))
+
+
+def test_time_limit_stops_runs_resumably(tmp_path, fake, monkeypatch):
+    spec = study.parse_spec({**SPEC, "archs": ["tiny_cnn"], "seeds": [1, 2, 3], "arms": {"fixed": {"policy": "fixed"}}})
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_MODE", "sleep")
+    res = run(spec, out, fake, parallel=2, time_limit_s=0.5)
+    assert res.exit_code == study.EXIT_TIME_LIMIT
+    assert sorted(o.status for o in res.outcomes) == ["interrupted", "interrupted", "not-started"]
+    statuses = [study.run_status(p, out)[0] for p in study.expand(spec)]
+    assert sorted(statuses) == ["pending", "resumable", "resumable"]
+    monkeypatch.delenv("FAKE_MODE")
+    res = run(spec, out, fake, parallel=2)
+    assert res.exit_code == 0 and res.count("complete") == 3
+    assert sum(c["resume"] for c in fake.calls()) == 2
+
+
+def test_changed_spec_conflicts_with_existing_runs(tmp_path, fake):
+    out = tmp_path / "out"
+    run(study.parse_spec(SPEC), out, fake)
+    changed = study.parse_spec({**SPEC, "common": {"lr": 0.3, "device": "cpu"}})
+    with pytest.raises(DebaError, match="made with another config"):
+        run(changed, out, fake)
+    # where a run is, and how it logs, are not part of what it is
+    moved = study.parse_spec({**SPEC, "common": {"lr": 0.05, "device": "cuda", "checkpoint_every": 5}})
+    assert run(moved, out, fake).count("complete") == 10
+
+
+# --- packing and the CLI ------------------------------------------------------------------------------
+def test_pack_and_restore(tmp_path, fake, capsys):
+    spec_path = write_spec(tmp_path, SPEC)
+    out = tmp_path / "out"
+    archive = tmp_path / "packs" / "t.tar.gz"
+    code = main(["study", str(spec_path), "--out", str(out), "--parallel", "2", "--shard", "0/2",
+                 "--train-command", " ".join(fake.command), "--pack", str(archive)])
+    assert code == 0
+    n_shard0 = len(study.shard_plans(study.expand(study.load_spec(spec_path)), (0, 2)))
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "study.yaml" in names and not any(n.endswith("checkpoint.pt") or n.endswith(".lock") for n in names)
+    assert sum(n.endswith("/summary.json") for n in names) == n_shard0
+    assert sum(n.endswith("/epochs.jsonl") for n in names) == n_shard0
+    # a later session on a fresh machine: restore, then shard 0 has nothing to do
+    fresh = tmp_path / "fresh"
+    capsys.readouterr()
+    main(["study", str(spec_path), "--out", str(fresh), "--restore", str(archive), "--shard", "0/2",
+          "--train-command", " ".join(fake.command)])
+    assert "restored" in capsys.readouterr().out
+    assert len(fake.calls()) == n_shard0
+    main(["study", str(spec_path), "--out", str(fresh), "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("10 runs:") and f"{n_shard0} complete" in lines[-1]
+    assert sum(" complete " in ln for ln in lines[:-1]) == n_shard0
+
+
+def test_cli_dry_run_lists_runs(tmp_path, capsys):
+    spec_path = write_spec(tmp_path, SPEC)
+    assert main(["study", str(spec_path), "--out", str(tmp_path / "o"), "--dry-run", "--shard", "1/4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = study.shard_plans(study.expand(study.load_spec(spec_path)), (1, 4))
+    assert [ln.split()[0] for ln in lines[:-1]] == [p.run_id for p in expected]
+    assert all(ln.split()[1] == "pending" for ln in lines[:-1])
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_data_path_is_an_error(tmp_path, fake):
+    spec = study.parse_spec({**SPEC, "data": {"synthetic": str(tmp_path / "nowhere")}})
+    with pytest.raises(DebaError, match="data for synthetic not found"):
+        run(spec, tmp_path / "out", fake)
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "quick.yaml"])
+def test_shipped_specs_expand(name):
+    path = Path(__file__).resolve().parents[1] / "studies" / name
+    spec = study.load_spec(path)
+    plans = study.expand(spec)
+    assert plans and len({p.run_id for p in plans}) == len(plans)
+    assert {p.arm for p in plans} >= {"fixed", "paper", "paper-bounded"}
