@@ -1,0 +1,307 @@
+"""deba.report: tables from hand-written run logs against values worked out here with NumPy."""
+from __future__ import annotations
+
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deba import report
+from deba.cli import main
+from deba.errors import DebaError
+from deba.training.config import TrainConfig
+
+EPOCHS = 20
+ARMS = {
+    "fixed": {"policy": "fixed"},
+    "paper-bounded": {"policy": "deba", "preset": "paper-bounded"},
+    "bounded-universal": {"policy": "deba", "preset": "paper-bounded", "universal_thresholds": True},
+    "bounded-cooldown1": {"policy": "deba", "preset": "paper-bounded", "cooldown": 1},  # 1 of 20 ~ paper's 5
+}
+# (arm, seed) -> final acc %, training seconds, batch size per epoch
+RUNS = {
+    ("fixed", 2): (80.0, 100.0, [64] * EPOCHS),
+    ("fixed", 7): (81.0, 110.0, [64] * EPOCHS),
+    ("fixed", 42): (79.5, 90.0, [64] * EPOCHS),
+    ("paper-bounded", 2): (82.0, 60.0, [64] * 5 + [96] * 5 + [144] * 10),
+    ("paper-bounded", 7): (82.5, 55.0, [64] * 4 + [96] * 6 + [144] * 10),
+    ("paper-bounded", 42): (81.0, 72.0, [64] * 8 + [96] * 12),
+    ("bounded-universal", 2): (78.0, 120.0, [64] * 10 + [51] * 10),
+    ("bounded-universal", 7): (79.0, 99.0, [64] * 20),
+    ("bounded-cooldown1", 2): (77.0, 50.0, [64] * 2 + [96] * 2 + [144] * 16),
+}
+INCOMPLETE = ("paper-bounded", 123)
+
+
+def _records(final_acc: float, train_s: float, sizes: list[int], seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    recs = []
+    for e, b in enumerate(sizes, 1):
+        steps = 50_000 // b
+        nxt = sizes[e] if e < len(sizes) else b
+        recs.append({
+            "schema_version": 1, "epoch": e, "batch_size": b, "steps": steps, "samples": steps * b, "lr": 0.01,
+            "train_time_s": train_s / len(sizes), "eval_time_s": 0.1, "loss": 2.0 / e + 0.01 * rng.random(),
+            "grad_var": 1e-3 / b * (1 + 0.1 * rng.random()), "grad_norm": 1.0 + 0.2 * rng.random(),
+            "dnorm": None, "dloss": None, "conf": None,
+            "decision": "increase" if nxt > b else "rollback" if nxt < b else "hold", "in_cooldown": False,
+            "non_finite": False, "reason": "", "next_batch_size": nxt,
+            "test_acc": final_acc - (len(sizes) - e) * 0.5 + (2.0 if e == len(sizes) - 3 else 0.0),
+            "test_loss": 1.0, "events": [],
+        })
+    return recs
+
+
+def write_run(root: Path, arm: str, seed: int, final_acc: float, train_s: float, sizes: list[int],
+              status: str = "complete", concurrent: int = 2, arch: str = "resnet18") -> Path:
+    d = root / "cifar10" / arch / arm / f"seed{seed}"
+    d.mkdir(parents=True)
+    cfg = TrainConfig.from_dict({**ARMS[arm], "arch": arch, "dataset": "cifar10", "epochs": EPOCHS, "seed": seed,
+                                 "concurrent_runs": concurrent}).to_dict()
+    (d / "config.json").write_text(json.dumps({"schema_version": 1, **cfg}))
+    recs = _records(final_acc, train_s, sizes, seed)
+    if status != "complete":
+        recs = recs[:5]
+    (d / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    accs = [r["test_acc"] for r in recs]
+    summary = {
+        "schema_version": 1, "run_name": f"{arm}/{seed}", "arch": arch, "dataset": "cifar10",
+        "policy": ARMS[arm]["policy"], "preset": ARMS[arm].get("preset"), "seed": seed, "epochs": EPOCHS,
+        "status": status, "final_test_acc": final_acc if status == "complete" else None,
+        "best_test_acc": max(accs), "best_epoch": int(np.argmax(accs)) + 1, "train_time_s": train_s,
+        "eval_time_s": 2.0, "increases": sum(r["decision"] == "increase" for r in recs),
+        "rollbacks": sum(r["decision"] == "rollback" for r in recs), "holds": 0,
+        "batch_sizes": [r["batch_size"] for r in recs], "final_batch_size": recs[-1]["next_batch_size"],
+        "max_batch_size": max(r["batch_size"] for r in recs), "concurrent_runs": concurrent,
+        "torch_version": "2.x", "device_name": "test device", "graphs": "graph",
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    return d
+
+
+@pytest.fixture
+def study_dir(tmp_path) -> Path:
+    root = tmp_path / "study"
+    for (arm, seed), (acc, t, sizes) in RUNS.items():
+        write_run(root, arm, seed, acc, t, sizes)
+    write_run(root, *INCOMPLETE, 70.0, 30.0, [64] * EPOCHS, status="running")
+    return root
+
+
+def _row(t4: pd.DataFrame, arm: str) -> pd.Series:
+    (i,) = t4.index[t4.arm == arm]
+    return t4.loc[i]
+
+
+def _seeds(arm: str) -> list[int]:
+    return sorted(s for a, s in RUNS if a == arm)
+
+
+def test_table4_against_numpy(study_dir):
+    rs = report.load_runs([study_dir])
+    t4 = report.table4(rs)
+    assert sorted(t4.arm) == sorted(ARMS)
+    fixed_acc = np.array([RUNS["fixed", s][0] for s in _seeds("fixed")])
+    for arm in ARMS:
+        row = _row(t4, arm)
+        seeds = _seeds(arm)
+        acc = np.array([RUNS[arm, s][0] for s in seeds])
+        t = np.array([RUNS[arm, s][1] for s in seeds])
+        tf = np.array([RUNS["fixed", s][1] for s in seeds])
+        assert row.n == len(seeds) and row.baseline_arm == "fixed"
+        assert row.acc_mean == pytest.approx(acc.mean())
+        assert row.time_s_mean == pytest.approx(t.mean())
+        if len(seeds) > 1:
+            assert row.acc_std == pytest.approx(acc.std(ddof=1))
+            assert row.time_s_std == pytest.approx(t.std(ddof=1))
+        else:
+            assert math.isnan(row.acc_std)
+        assert row.timing == "shared x2"
+        assert row.acc_per_s == pytest.approx(np.mean(acc / t))
+        if arm == "fixed":
+            assert math.isnan(row.delta_acc) and row.throughput == 1.0 and math.isnan(row.speedup_pct)
+            continue
+        speedup = 100 * (1 - t / tf)
+        assert row.delta_acc == pytest.approx(acc.mean() - fixed_acc.mean())
+        assert row.n_pairs == len(seeds)
+        assert row.speedup_pct == pytest.approx(speedup.mean())
+        if len(seeds) > 1:
+            assert row.speedup_pct_std == pytest.approx(speedup.std(ddof=1))
+        assert row.throughput == pytest.approx(tf.mean() / t.mean())
+    # the incomplete seed is counted, not averaged
+    assert _row(t4, "paper-bounded").n_incomplete == 1
+    # hand-worked: speedups 40, 50, 20 %
+    assert _row(t4, "paper-bounded").speedup_pct == pytest.approx((40 + 50 + 20) / 3)
+    # best-epoch accuracy is reported beside (here: half a point above the final, three epochs before the end)
+    assert _row(t4, "fixed").best_acc_mean == pytest.approx(fixed_acc.mean() - 1.5 + 2.0)
+
+
+def test_paper_numbers_beside_ours(study_dir):
+    t4 = report.table4(report.load_runs([study_dir]))
+    fixed, deba = _row(t4, "fixed"), _row(t4, "paper-bounded")
+    assert (fixed.paper_acc, fixed.paper_acc_std, fixed.paper_time_s) == (83.05, 0.51, 778)
+    assert (deba.paper_acc, deba.paper_delta_acc, deba.paper_speedup_pct, deba.paper_throughput) == (85.48, 2.43, 36.6, 1.5)
+    assert math.isnan(_row(t4, "bounded-universal").paper_acc)  # Table 4 has no ablations
+    t3 = report.table3(report.load_runs([study_dir]), t4)
+    by_abl = {r.ablation: r for r in t3.itertuples()}
+    assert set(by_abl) == {"baseline", "universal", "cooldown5"}
+    assert (by_abl["universal"].paper_delta_acc, by_abl["universal"].paper_speedup_pct) == (-0.16, -10.8)
+    assert by_abl["cooldown5"].setting == "cooldown 1 of 20 epochs"
+    assert by_abl["cooldown5"].delta_acc == pytest.approx(77.0 - np.mean([80.0, 81.0, 79.5]))
+    assert by_abl["cooldown5"].speedup_pct == pytest.approx(100 * (1 - 50 / 100))
+    summary = report.table3_summary(t3)
+    uni = summary[summary.ablation == "universal"].iloc[0]
+    d_uni = np.mean([78.0, 79.0]) - np.mean([80.0, 81.0, 79.5])
+    assert uni.degraded_gt_1pt == ("1/1" if d_uni < -1 else "0/1")
+    assert uni.mean_abs_delta_acc == pytest.approx(abs(d_uni)) and uni.paper_degraded_gt_1pt == "3/6"
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"policy": "fixed"}, ("fixed", None, None)),
+    ({"policy": "fixed", "lr_schedule": "cosine"}, ("fixed-cosine", None, None)),
+    ({"policy": "deba", "preset": "paper", "epochs": 100}, ("paper", "paper", "baseline")),
+    ({"policy": "deba", "preset": "paper", "epochs": 100, "cooldown": 5}, ("paper+cooldown5", "paper", "cooldown5")),
+    ({"policy": "deba", "preset": "paper", "epochs": 100, "cooldown": 2}, ("paper+cooldown2", "paper", "cooldown2")),
+    # quick.yaml's scaling: 30 epochs, cooldown 3 / 2 / 1 stand for the paper's 10 / 5 / 2
+    ({"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 3}, ("paper-bounded+cooldown3", "paper-bounded", "baseline")),
+    ({"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 2}, ("paper-bounded+cooldown2", "paper-bounded", "cooldown5")),
+    ({"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 1}, ("paper-bounded+cooldown1", "paper-bounded", "cooldown2")),
+    ({"policy": "deba", "preset": "paper", "epochs": 100, "full_history": True}, ("paper+full-history", "paper", "full-history")),
+    ({"policy": "deba", "preset": "paper", "epochs": 100, "universal_thresholds": True, "full_history": True},
+     ("paper+universal+full-history", "paper", None)),  # two ablations at once: no Table 3 column
+    ({"policy": "deba", "preset": "paper", "epochs": 100, "theta_stab": 0.3, "theta_conf": 0.5}, ("paper+theta", "paper", None)),
+])
+def test_variant_and_table3_column(config, expected):
+    label, preset, ablation, _ = report.variant_of(TrainConfig.from_dict(config).to_dict())
+    assert (label, preset, ablation) == expected
+
+
+def test_archives_equal_folder(study_dir, tmp_path):
+    """One archive, or the runs split over two archives, give the same tables as the folder."""
+    folder = report.build_report([study_dir], tmp_path / "r_folder", figures=False)
+    whole = tmp_path / "all.tar.gz"
+    part_a, part_b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    run_dirs = sorted(p.parent for p in study_dir.rglob("summary.json"))
+    with tarfile.open(whole, "w:gz") as t, tarfile.open(part_a, "w:gz") as a, tarfile.open(part_b, "w:gz") as b:
+        for i, d in enumerate(run_dirs):
+            for f in ("config.json", "epochs.jsonl", "summary.json"):
+                arc = f"{d.relative_to(study_dir).as_posix()}/{f}"
+                t.add(d / f, arcname=arc)
+                (a if i % 2 else b).add(d / f, arcname=arc)
+    one = report.build_report([whole], tmp_path / "r_one", figures=False)
+    two = report.build_report([part_a, part_b, part_a], tmp_path / "r_two", figures=False)  # a repeat merges
+    for name in ("table4_performance.csv", "table3_ablations.csv", "trajectories.csv"):
+        ref = (tmp_path / "r_folder" / name).read_text()
+        assert (tmp_path / "r_one" / name).read_text() == ref
+        assert (tmp_path / "r_two" / name).read_text() == ref
+    cols = [c for c in folder["runs"].columns if c != "source"]
+    pd.testing.assert_frame_equal(folder["runs"][cols], two["runs"][cols])
+    assert len(one["runs"]) == len(RUNS) + 1
+
+
+def test_trajectories_and_runs_table(study_dir):
+    rs = report.load_runs([study_dir])
+    traj = report.trajectories(rs)
+    for (arm, seed), (_, _, sizes) in RUNS.items():
+        got = traj[traj.run_id == f"cifar10/resnet18/{arm}/seed{seed}"].sort_values("epoch")
+        assert got["batch_size"].tolist() == sizes
+    runs = report.runs_table(rs).set_index("run_id")
+    r = runs.loc["cifar10/resnet18/paper-bounded/seed2"]
+    assert (r.start_batch_size, r.final_batch_size, r.max_batch_size, r.status) == (64, 144, 144, "complete")
+    assert runs.loc["cifar10/resnet18/paper-bounded/seed123"].status == "running"
+
+
+def test_modelled_solo_time_from_bench(study_dir, tmp_path):
+    bench = tmp_path / "bench.json"
+    records = [{"arch": "resnet18", "batch_size": 64, "mode": "graph", "epoch_s": 10.0},
+               {"arch": "resnet18", "batch_size": 128, "mode": "graph", "epoch_s": 6.0},
+               {"arch": "resnet18", "batch_size": 256, "mode": "graph", "epoch_s": 4.0},
+               {"arch": "resnet18", "batch_size": 64, "mode": "eager", "epoch_s": 30.0}]
+    bench.write_text(json.dumps({"schema_version": 1, "records": records}))
+    res = report.build_report([study_dir], tmp_path / "r", bench=bench, figures=False)  # summary says graphs=graph
+    step64, step128, step256 = 10.0 / (50_000 // 64), 6.0 / (50_000 // 128), 4.0 / (50_000 // 256)
+
+    def step(b):  # log-log interpolation, worked out independently
+        if b == 64:
+            return step64
+        lo, hi, tlo, thi = (64, 128, step64, step128) if b < 128 else (128, 256, step128, step256)
+        w = (math.log(b) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return math.exp((1 - w) * math.log(tlo) + w * math.log(thi))
+
+    def modelled(sizes):
+        return sum(step(b) * (50_000 // b) for b in sizes)
+
+    t4 = res["table4"]
+    mf = np.array([modelled(RUNS["fixed", s][2]) for s in _seeds("fixed")])
+    mb = np.array([modelled(RUNS["paper-bounded", s][2]) for s in _seeds("paper-bounded")])
+    row = _row(t4, "paper-bounded")
+    assert row.model_time_s_mean == pytest.approx(mb.mean())
+    assert row.model_speedup_pct == pytest.approx(np.mean(100 * (1 - mb / mf)))
+    assert row.model_speedup_pct_std == pytest.approx(np.std(100 * (1 - mb / mf), ddof=1))
+    # batch 51 is below the bench's smallest batch: no extrapolation, the run has no modelled time
+    # its mean is over the one run that has a modelled time, and a note says why the other has none
+    assert _row(t4, "bounded-universal").model_time_s_mean == pytest.approx(20 * 10.0)
+    assert any("batch 51 is outside" in n for n in res["notes"])
+    uni = res["runs"].set_index("run_id")
+    assert math.isnan(uni.loc["cifar10/resnet18/bounded-universal/seed2"].modelled_time_s)
+    assert uni.loc["cifar10/resnet18/bounded-universal/seed7"].modelled_time_s == pytest.approx(20 * 10.0)
+
+
+def test_full_report_files(study_dir, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(study_dir), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "ddof=1" in md and "shared x2" in md and "83.05 ± 0.51" in md
+    for name in ("fig1_epoch_time_vs_batch.png", "fig2_grad_var_cifar10.png", "trajectory_cifar10_resnet18.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in md
+    gv = pd.read_csv(out / "grad_var_by_batch.csv")
+    assert sorted(gv.batch_size) == [51, 64, 96, 144]
+    et = pd.read_csv(out / "epoch_time_by_batch.csv").set_index("batch_size")
+    # median epoch time at B=64 over every complete and incomplete run's epochs at 64, worked out here
+    at64 = []
+    for (arm, seed), (_, t, sizes) in RUNS.items():
+        at64 += [t / EPOCHS] * sizes.count(64)
+    at64 += [30.0 / EPOCHS] * 5
+    assert et.loc[64, "train_time_s_median"] == pytest.approx(np.median(at64))
+    calib = True
+    try:
+        import deba.calibration  # noqa: F401
+    except ImportError:
+        calib = False
+    if not calib:
+        assert "needs deba.calibration" in md
+
+
+def test_default_out_and_bad_inputs(study_dir, tmp_path, capsys):
+    assert report.default_out([study_dir]) == study_dir / "report"
+    assert report.default_out([tmp_path / "x.tar.gz"]) == tmp_path / "x-report"
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder or archive" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DebaError, match="no runs found"):
+        report.load_runs([empty])
+    bad = tmp_path / "bad"
+    d = write_run(bad, "fixed", 2, 80.0, 100.0, [64] * EPOCHS)
+    (d / "epochs.jsonl").write_text('{"epoch": 1}\nnot json\n')
+    with pytest.raises(DebaError, match=r"epochs.jsonl:2: not valid JSON"):
+        report.load_runs([bad])
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not an archive")
+    with pytest.raises(DebaError, match="not a readable"):
+        report.load_runs([junk])
+
+
+def test_mean_std_and_paired_speedup_small_cases():
+    assert report.mean_std([3.0]) == (3.0, pytest.approx(math.nan, nan_ok=True))
+    m, s = report.mean_std([1.0, 2.0, 4.0])
+    assert (m, s) == (pytest.approx(7 / 3), pytest.approx(np.std([1, 2, 4], ddof=1)))
+    p = report.paired_speedup({1: 50.0, 2: 80.0, 3: 10.0}, {1: 100.0, 2: 100.0})  # seed 3 has no partner
+    assert p["n_pairs"] == 2 and p["speedup_pct"] == pytest.approx(35.0)
+    assert p["throughput"] == pytest.approx(100.0 / 65.0)
