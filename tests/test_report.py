@@ -265,7 +265,7 @@ def test_full_report_files(study_dir, tmp_path, capsys):
     et = pd.read_csv(out / "epoch_time_by_batch.csv").set_index("batch_size")
     # median epoch time at B=64 over every complete and incomplete run's epochs at 64, worked out here
     at64 = []
-    for (arm, seed), (_, t, sizes) in RUNS.items():
+    for _, t, sizes in RUNS.values():
         at64 += [t / EPOCHS] * sizes.count(64)
     at64 += [30.0 / EPOCHS] * 5
     assert et.loc[64, "train_time_s_median"] == pytest.approx(np.median(at64))

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,7 @@ FAKE_TRAIN = textwrap.dedent(r'''
     ckpt = out / "checkpoint.pt"
     resuming = a.resume and ckpt.exists()
     with open(os.environ["FAKE_LOG"], "a") as f:
-        f.write(json.dumps({"run": cfg["run_name"], "resume": a.resume, "quiet": a.quiet,
+        f.write(json.dumps({"run": cfg["run_name"], "resume": a.resume, "quiet": a.quiet, "pid": os.getpid(),
                             "concurrent_runs": cfg["concurrent_runs"], "lr": cfg["lr"],
                             "leftovers": sorted(x.name for x in out.iterdir()
                                                 if x.name not in (".lock", "run.log", "study-config.json"))}) + "\n")
@@ -255,7 +257,7 @@ def test_lock_held_elsewhere_is_skipped_and_stale_lock_taken_over(tmp_path, fake
     holder = study.RunLock(held.dir(out))
     assert holder.acquire()
     # a lock file left by a process that died: its pid is dead, nobody holds the flock
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     stale.dir(out).mkdir(parents=True)
     (stale.dir(out) / ".lock").write_text(f"{dead.stdout.strip()} somehost\n")
     assert study.run_status(held, out)[0] == "running"
@@ -299,6 +301,26 @@ def test_time_limit_stops_runs_resumably(tmp_path, fake, monkeypatch):
     assert sum(c["resume"] for c in fake.calls()) == 2
 
 
+def test_sigterm_to_the_study_stops_its_runs_resumably(tmp_path, fake, monkeypatch):
+    spec = {**SPEC, "archs": ["tiny_cnn"], "seeds": [1], "arms": {"fixed": {"policy": "fixed"}}}
+    spec_path = write_spec(tmp_path, spec)
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_MODE", "sleep")
+    proc = subprocess.Popen([sys.executable, "-m", "deba", "study", str(spec_path), "--out", str(out),
+                             "--train-command", " ".join(fake.command)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    (plan,) = study.expand(study.parse_spec(spec))
+    deadline = time.monotonic() + 30
+    while not (fake.calls() and (plan.dir(out) / "checkpoint.pt").exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130, proc.stderr.read()
+    (call,) = fake.calls()
+    with pytest.raises(ProcessLookupError):
+        os.kill(call["pid"], 0)
+    assert study.run_status(plan, out)[0] == "resumable"
+
+
 def test_changed_spec_conflicts_with_existing_runs(tmp_path, fake):
     out = tmp_path / "out"
     run(study.parse_spec(SPEC), out, fake)
@@ -321,7 +343,7 @@ def test_pack_and_restore(tmp_path, fake, capsys):
     n_shard0 = len(study.shard_plans(study.expand(study.load_spec(spec_path)), (0, 2)))
     with tarfile.open(archive) as tar:
         names = tar.getnames()
-    assert "study.yaml" in names and not any(n.endswith("checkpoint.pt") or n.endswith(".lock") for n in names)
+    assert "study.yaml" in names and not any(n.endswith(("checkpoint.pt", ".lock")) for n in names)
     assert sum(n.endswith("/summary.json") for n in names) == n_shard0
     assert sum(n.endswith("/epochs.jsonl") for n in names) == n_shard0
     # a later session on a fresh machine: restore, then shard 0 has nothing to do

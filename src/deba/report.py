@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DebaError
-from .logio import atomic_write_text, dumps
+from .logio import atomic_write_text
 from .policy import DEFAULT_PRESET, TABLE1_THRESHOLDS, canonical_arch
 
 # --- the paper's published numbers (arXiv 2511.03809) -------------------------------------------------
@@ -262,8 +262,7 @@ def _arm_from_path(run_id: str, epochs: int) -> str | None:
     parts = PurePosixPath(run_id).parts
     if len(parts) >= 4 and re.fullmatch(r"seed-?\d+", parts[-1]):
         arm = parts[-2]
-        suffix = f"-{epochs}ep"
-        return arm[: -len(suffix)] if arm.endswith(suffix) else arm
+        return arm.removesuffix(f"-{epochs}ep")
     return None
 
 
@@ -457,6 +456,15 @@ def _paper_kind(run: RunLog, is_baseline: bool) -> str | None:
     return None
 
 
+def _first_per_seed(runs: Sequence[RunLog], key: str) -> dict[int, float]:
+    out: dict[int, float] = {}
+    for r in runs:
+        v = _num(r.summary.get(key))
+        if v is not None:
+            out.setdefault(r.seed, v)
+    return out
+
+
 def table4(runset: RunSet, baseline: str | None = None, bench: BenchTable | None = None,
            bench_mode: str | None = None) -> pd.DataFrame:
     """One row per (dataset, arch, epochs, arm) over its complete runs."""
@@ -476,15 +484,24 @@ def table4(runset: RunSet, baseline: str | None = None, bench: BenchTable | None
     for (dataset, arch, epochs, arm) in order:
         members = groups[(dataset, arch, epochs, arm)]
         done = sorted((r for r in members if r.complete), key=lambda r: r.seed)
+        seen: dict[int, str] = {}
+        for r in done:
+            if r.seed in seen:
+                note = (f"{dataset}/{arch}/{arm}: seed {r.seed} appears twice ({seen[r.seed]}, {r.run_id}); both count "
+                        "in accuracy and time, the first pairs for speedup (report one study at a time?)")
+                if note not in runset.notes:
+                    runset.notes.append(note)
+            seen.setdefault(r.seed, r.run_id)
         base_arm = base_of.get((dataset, arch, epochs))
         base = [r for r in groups.get((dataset, arch, epochs, base_arm), []) if r.complete] if base_arm else []
         acc = [float(r.summary["final_test_acc"]) for r in done]
         best = [_num(r.summary.get("best_test_acc")) for r in done]
-        times = {r.seed: float(r.summary["train_time_s"]) for r in done if _num(r.summary.get("train_time_s"))}
-        base_times = {r.seed: float(r.summary["train_time_s"]) for r in base if _num(r.summary.get("train_time_s"))}
+        times = _first_per_seed(done, "train_time_s")
+        base_times = _first_per_seed(base, "train_time_s")
+        all_times = [float(r.summary["train_time_s"]) for r in done if _num(r.summary.get("train_time_s")) is not None]
         acc_m, acc_s = mean_std(acc)
         best_m, best_s = mean_std(best)
-        t_m, t_s = mean_std(times.values())
+        t_m, t_s = mean_std(all_times)
         base_acc_m = mean_std(float(r.summary["final_test_acc"]) for r in base)[0] if base else math.nan
         is_base = arm == base_arm
         pair = paired_speedup(times, base_times) if base and not is_base else {}
@@ -499,8 +516,8 @@ def table4(runset: RunSet, baseline: str | None = None, bench: BenchTable | None
             "time_s_mean": t_m, "time_s_std": t_s,
             "speedup_pct": pair.get("speedup_pct", math.nan), "speedup_pct_std": pair.get("speedup_pct_std", math.nan),
             "n_pairs": pair.get("n_pairs", 0), "throughput": 1.0 if is_base and done else pair.get("throughput", math.nan),
-            "acc_per_s": mean_std(float(r.summary["final_test_acc"]) / times[r.seed] for r in done
-                                  if r.seed in times and times[r.seed] > 0)[0],
+            "acc_per_s": mean_std(float(r.summary["final_test_acc"]) / float(r.summary["train_time_s"]) for r in done
+                                  if (_num(r.summary.get("train_time_s")) or 0) > 0)[0],
             "concurrent_runs": shared, "timing": _timing_label(shared_pair if not is_base else shared),
             "devices": ", ".join(sorted({str(r.summary.get("device_name")) for r in done if r.summary.get("device_name")})),
         }
@@ -734,7 +751,7 @@ def _fig_by_batch(data: pd.DataFrame, value: str, ylabel: str, title: str, path:
 def _pow2_ticks(ax, axis: str, lo: float, hi: float) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    ticks = [2 ** k for k in range(0, 16) if lo / 1.5 <= 2 ** k <= hi * 1.5]
+    ticks = [2 ** k for k in range(16) if lo / 1.5 <= 2 ** k <= hi * 1.5]
     target = ax.yaxis if axis == "y" else ax.xaxis
     if ticks:
         (ax.set_yticks if axis == "y" else ax.set_xticks)(ticks)

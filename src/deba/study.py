@@ -22,7 +22,6 @@ only). Precedence, lowest first: common, data, arch_overrides, arm. Every run is
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import io
@@ -35,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -439,8 +439,13 @@ def _launch(plan: RunPlan, out: Path, concurrent: int, train_command: Sequence[s
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {' '.join(cmd)}\n")
     log.flush()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True, pass_fds=(lock.fd,))
+    try:
+        # a session of its own: the study decides when its runs stop (and stops their workers with them)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, pass_fds=(lock.fd,))
+    except OSError:
+        log.close()
+        raise
     return _Active(plan, proc, lock, log, time.monotonic(), resume)
 
 
@@ -487,6 +492,10 @@ def _log_tail(path: Path) -> str:
     return lines[-1][:200] if lines else ""
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, shard: tuple[int, int] | None = None,
               train_command: Sequence[str] | None = None, time_limit_s: float | None = None,
               poll_s: float = 0.2, log: Callable[[str], None] | None = None) -> StudyResult:
@@ -529,6 +538,10 @@ def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, sha
         f"{len(plans) - len(queue)} finished, {len(queue)} to run, {concurrent} at a time")
     active: list[_Active] = []
     started = time.monotonic()
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        # `kill` or a job scheduler's SIGTERM must not orphan the runs: turn it into the Ctrl-C path below
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     time_limit_hit = False
     n_started = 0
     try:
@@ -586,11 +599,14 @@ def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, sha
                 log(f"  {o.status:11s} {o.run_id}  {o.detail}")
             active = still
     except BaseException:
-        for a in active:  # Ctrl-C or an error of ours: leave no run of ours behind, each one resumable
+        for a in active:  # Ctrl-C, SIGTERM or an error of ours: leave no run of ours behind, each one resumable
             _stop(a, grace_s=10.0)
             a.log.close()
             a.lock.release()
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     ordered = [outcomes[p.run_id] for p in plans if p.run_id in outcomes]
     failed = sum(o.status == "failed" for o in ordered)
     code = EXIT_FAILED if failed else EXIT_TIME_LIMIT if time_limit_hit else EXIT_OK
