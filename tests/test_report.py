@@ -1,4 +1,5 @@
 """deba.report: tables from hand-written run logs against values worked out here with NumPy."""
+
 from __future__ import annotations
 
 import json
@@ -43,25 +44,58 @@ def _records(final_acc: float, train_s: float, sizes: list[int], seed: int) -> l
     for e, b in enumerate(sizes, 1):
         steps = 50_000 // b
         nxt = sizes[e] if e < len(sizes) else b
-        recs.append({
-            "schema_version": 1, "epoch": e, "batch_size": b, "steps": steps, "samples": steps * b, "lr": 0.01,
-            "train_time_s": train_s / len(sizes), "eval_time_s": 0.1, "loss": 2.0 / e + 0.01 * rng.random(),
-            "grad_var": 1e-3 / b * (1 + 0.1 * rng.random()), "grad_norm": 1.0 + 0.2 * rng.random(),
-            "dnorm": None, "dloss": None, "conf": None,
-            "decision": "increase" if nxt > b else "rollback" if nxt < b else "hold", "in_cooldown": False,
-            "non_finite": False, "reason": "", "next_batch_size": nxt,
-            "test_acc": final_acc - (len(sizes) - e) * 0.5 + (2.0 if e == len(sizes) - 3 else 0.0),
-            "test_loss": 1.0, "events": [],
-        })
+        recs.append(
+            {
+                "schema_version": 1,
+                "epoch": e,
+                "batch_size": b,
+                "steps": steps,
+                "samples": steps * b,
+                "lr": 0.01,
+                "train_time_s": train_s / len(sizes),
+                "eval_time_s": 0.1,
+                "loss": 2.0 / e + 0.01 * rng.random(),
+                "grad_var": 1e-3 / b * (1 + 0.1 * rng.random()),
+                "grad_norm": 1.0 + 0.2 * rng.random(),
+                "dnorm": None,
+                "dloss": None,
+                "conf": None,
+                "decision": "increase" if nxt > b else "rollback" if nxt < b else "hold",
+                "in_cooldown": False,
+                "non_finite": False,
+                "reason": "",
+                "next_batch_size": nxt,
+                "test_acc": final_acc - (len(sizes) - e) * 0.5 + (2.0 if e == len(sizes) - 3 else 0.0),
+                "test_loss": 1.0,
+                "events": [],
+            }
+        )
     return recs
 
 
-def write_run(root: Path, arm: str, seed: int, final_acc: float, train_s: float, sizes: list[int],
-              status: str = "complete", concurrent: int = 2, arch: str = "resnet18") -> Path:
+def write_run(
+    root: Path,
+    arm: str,
+    seed: int,
+    final_acc: float,
+    train_s: float,
+    sizes: list[int],
+    status: str = "complete",
+    concurrent: int = 2,
+    arch: str = "resnet18",
+) -> Path:
     d = root / "cifar10" / arch / arm / f"seed{seed}"
     d.mkdir(parents=True)
-    cfg = TrainConfig.from_dict({**ARMS[arm], "arch": arch, "dataset": "cifar10", "epochs": EPOCHS, "seed": seed,
-                                 "concurrent_runs": concurrent}).to_dict()
+    cfg = TrainConfig.from_dict(
+        {
+            **ARMS[arm],
+            "arch": arch,
+            "dataset": "cifar10",
+            "epochs": EPOCHS,
+            "seed": seed,
+            "concurrent_runs": concurrent,
+        }
+    ).to_dict()
     (d / "config.json").write_text(json.dumps({"schema_version": 1, **cfg}))
     recs = _records(final_acc, train_s, sizes, seed)
     if status != "complete":
@@ -69,15 +103,30 @@ def write_run(root: Path, arm: str, seed: int, final_acc: float, train_s: float,
     (d / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     accs = [r["test_acc"] for r in recs]
     summary = {
-        "schema_version": 1, "run_name": f"{arm}/{seed}", "arch": arch, "dataset": "cifar10",
-        "policy": ARMS[arm]["policy"], "preset": ARMS[arm].get("preset"), "seed": seed, "epochs": EPOCHS,
-        "status": status, "final_test_acc": final_acc if status == "complete" else None,
-        "best_test_acc": max(accs), "best_epoch": int(np.argmax(accs)) + 1, "train_time_s": train_s,
-        "eval_time_s": 2.0, "increases": sum(r["decision"] == "increase" for r in recs),
-        "rollbacks": sum(r["decision"] == "rollback" for r in recs), "holds": 0,
-        "batch_sizes": [r["batch_size"] for r in recs], "final_batch_size": recs[-1]["next_batch_size"],
-        "max_batch_size": max(r["batch_size"] for r in recs), "concurrent_runs": concurrent,
-        "torch_version": "2.x", "device_name": "test device", "graphs": "graph",
+        "schema_version": 1,
+        "run_name": f"{arm}/{seed}",
+        "arch": arch,
+        "dataset": "cifar10",
+        "policy": ARMS[arm]["policy"],
+        "preset": ARMS[arm].get("preset"),
+        "seed": seed,
+        "epochs": EPOCHS,
+        "status": status,
+        "final_test_acc": final_acc if status == "complete" else None,
+        "best_test_acc": max(accs),
+        "best_epoch": int(np.argmax(accs)) + 1,
+        "train_time_s": train_s,
+        "eval_time_s": 2.0,
+        "increases": sum(r["decision"] == "increase" for r in recs),
+        "rollbacks": sum(r["decision"] == "rollback" for r in recs),
+        "holds": 0,
+        "batch_sizes": [r["batch_size"] for r in recs],
+        "final_batch_size": recs[-1]["next_batch_size"],
+        "max_batch_size": max(r["batch_size"] for r in recs),
+        "concurrent_runs": concurrent,
+        "torch_version": "2.x",
+        "device_name": "test device",
+        "graphs": "graph",
     }
     (d / "summary.json").write_text(json.dumps(summary))
     (d / "checkpoint.pt").write_bytes(b"not a checkpoint")
@@ -145,7 +194,12 @@ def test_paper_numbers_beside_ours(study_dir):
     t4 = report.table4(report.load_runs([study_dir]))
     fixed, deba = _row(t4, "fixed"), _row(t4, "paper-bounded")
     assert (fixed.paper_acc, fixed.paper_acc_std, fixed.paper_time_s) == (83.05, 0.51, 778)
-    assert (deba.paper_acc, deba.paper_delta_acc, deba.paper_speedup_pct, deba.paper_throughput) == (85.48, 2.43, 36.6, 1.5)
+    assert (deba.paper_acc, deba.paper_delta_acc, deba.paper_speedup_pct, deba.paper_throughput) == (
+        85.48,
+        2.43,
+        36.6,
+        1.5,
+    )
     assert math.isnan(_row(t4, "bounded-universal").paper_acc)  # Table 4 has no ablations
     t3 = report.table3(report.load_runs([study_dir]), t4)
     by_abl = {r.ablation: r for r in t3.itertuples()}
@@ -161,21 +215,53 @@ def test_paper_numbers_beside_ours(study_dir):
     assert uni.mean_abs_delta_acc == pytest.approx(abs(d_uni)) and uni.paper_degraded_gt_1pt == "3/6"
 
 
-@pytest.mark.parametrize("config, expected", [
-    ({"policy": "fixed"}, ("fixed", None, None)),
-    ({"policy": "fixed", "lr_schedule": "cosine"}, ("fixed-cosine", None, None)),
-    ({"policy": "deba", "preset": "paper", "epochs": 100}, ("paper", "paper", "baseline")),
-    ({"policy": "deba", "preset": "paper", "epochs": 100, "cooldown": 5}, ("paper+cooldown5", "paper", "cooldown5")),
-    ({"policy": "deba", "preset": "paper", "epochs": 100, "cooldown": 2}, ("paper+cooldown2", "paper", "cooldown2")),
-    # quick.yaml's scaling: 30 epochs, cooldown 3 / 2 / 1 stand for the paper's 10 / 5 / 2
-    ({"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 3}, ("paper-bounded+cooldown3", "paper-bounded", "baseline")),
-    ({"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 2}, ("paper-bounded+cooldown2", "paper-bounded", "cooldown5")),
-    ({"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 1}, ("paper-bounded+cooldown1", "paper-bounded", "cooldown2")),
-    ({"policy": "deba", "preset": "paper", "epochs": 100, "full_history": True}, ("paper+full-history", "paper", "full-history")),
-    ({"policy": "deba", "preset": "paper", "epochs": 100, "universal_thresholds": True, "full_history": True},
-     ("paper+universal+full-history", "paper", None)),  # two ablations at once: no Table 3 column
-    ({"policy": "deba", "preset": "paper", "epochs": 100, "theta_stab": 0.3, "theta_conf": 0.5}, ("paper+theta", "paper", None)),
-])
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"policy": "fixed"}, ("fixed", None, None)),
+        ({"policy": "fixed", "lr_schedule": "cosine"}, ("fixed-cosine", None, None)),
+        ({"policy": "deba", "preset": "paper", "epochs": 100}, ("paper", "paper", "baseline")),
+        (
+            {"policy": "deba", "preset": "paper", "epochs": 100, "cooldown": 5},
+            ("paper+cooldown5", "paper", "cooldown5"),
+        ),
+        (
+            {"policy": "deba", "preset": "paper", "epochs": 100, "cooldown": 2},
+            ("paper+cooldown2", "paper", "cooldown2"),
+        ),
+        # quick.yaml's scaling: 30 epochs, cooldown 3 / 2 / 1 stand for the paper's 10 / 5 / 2
+        (
+            {"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 3},
+            ("paper-bounded+cooldown3", "paper-bounded", "baseline"),
+        ),
+        (
+            {"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 2},
+            ("paper-bounded+cooldown2", "paper-bounded", "cooldown5"),
+        ),
+        (
+            {"policy": "deba", "preset": "paper-bounded", "epochs": 30, "cooldown": 1},
+            ("paper-bounded+cooldown1", "paper-bounded", "cooldown2"),
+        ),
+        (
+            {"policy": "deba", "preset": "paper", "epochs": 100, "full_history": True},
+            ("paper+full-history", "paper", "full-history"),
+        ),
+        (
+            {
+                "policy": "deba",
+                "preset": "paper",
+                "epochs": 100,
+                "universal_thresholds": True,
+                "full_history": True,
+            },
+            ("paper+universal+full-history", "paper", None),
+        ),  # two ablations at once: no Table 3 column
+        (
+            {"policy": "deba", "preset": "paper", "epochs": 100, "theta_stab": 0.3, "theta_conf": 0.5},
+            ("paper+theta", "paper", None),
+        ),
+    ],
+)
 def test_variant_and_table3_column(config, expected):
     label, preset, ablation, _ = report.variant_of(TrainConfig.from_dict(config).to_dict())
     assert (label, preset, ablation) == expected
@@ -187,7 +273,11 @@ def test_archives_equal_folder(study_dir, tmp_path):
     whole = tmp_path / "all.tar.gz"
     part_a, part_b = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
     run_dirs = sorted(p.parent for p in study_dir.rglob("summary.json"))
-    with tarfile.open(whole, "w:gz") as t, tarfile.open(part_a, "w:gz") as a, tarfile.open(part_b, "w:gz") as b:
+    with (
+        tarfile.open(whole, "w:gz") as t,
+        tarfile.open(part_a, "w:gz") as a,
+        tarfile.open(part_b, "w:gz") as b,
+    ):
         for i, d in enumerate(run_dirs):
             for f in ("config.json", "epochs.jsonl", "summary.json"):
                 arc = f"{d.relative_to(study_dir).as_posix()}/{f}"
@@ -218,12 +308,16 @@ def test_trajectories_and_runs_table(study_dir):
 
 def test_modelled_solo_time_from_bench(study_dir, tmp_path):
     bench = tmp_path / "bench.json"
-    records = [{"arch": "resnet18", "batch_size": 64, "mode": "graph", "epoch_s": 10.0},
-               {"arch": "resnet18", "batch_size": 128, "mode": "graph", "epoch_s": 6.0},
-               {"arch": "resnet18", "batch_size": 256, "mode": "graph", "epoch_s": 4.0},
-               {"arch": "resnet18", "batch_size": 64, "mode": "eager", "epoch_s": 30.0}]
+    records = [
+        {"arch": "resnet18", "batch_size": 64, "mode": "graph", "epoch_s": 10.0},
+        {"arch": "resnet18", "batch_size": 128, "mode": "graph", "epoch_s": 6.0},
+        {"arch": "resnet18", "batch_size": 256, "mode": "graph", "epoch_s": 4.0},
+        {"arch": "resnet18", "batch_size": 64, "mode": "eager", "epoch_s": 30.0},
+    ]
     bench.write_text(json.dumps({"schema_version": 1, "records": records}))
-    res = report.build_report([study_dir], tmp_path / "r", bench=bench, figures=False)  # summary says graphs=graph
+    res = report.build_report(
+        [study_dir], tmp_path / "r", bench=bench, figures=False
+    )  # summary says graphs=graph
     step64, step128, step256 = 10.0 / (50_000 // 64), 6.0 / (50_000 // 128), 4.0 / (50_000 // 256)
 
     def step(b):  # log-log interpolation, worked out independently
@@ -257,7 +351,11 @@ def test_full_report_files(study_dir, tmp_path, capsys):
     assert main(["report", str(study_dir), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "ddof=1" in md and "shared x2" in md and "83.05 ± 0.51" in md
-    for name in ("fig1_epoch_time_vs_batch.png", "fig2_grad_var_cifar10.png", "trajectory_cifar10_resnet18.png"):
+    for name in (
+        "fig1_epoch_time_vs_batch.png",
+        "fig2_grad_var_cifar10.png",
+        "trajectory_cifar10_resnet18.png",
+    ):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in md
     gv = pd.read_csv(out / "grad_var_by_batch.csv")

@@ -1,4 +1,5 @@
 """deba.study: grid expansion, shards, resume, locks, packing; runs are a fake `deba train` script."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from deba.training.config import TrainConfig
 # A stand-in for `deba train --config F --out D [--resume] --quiet`: one line per "epoch", a checkpoint after
 # each, a summary at the end. FAKE_MODE=die: killed right after the first checkpoint unless resuming;
 # FAKE_MODE=sleep: sleeps after each checkpoint (for the time limit); FAKE_SLEEP: seconds per epoch.
-FAKE_TRAIN = textwrap.dedent(r'''
+FAKE_TRAIN = textwrap.dedent(r"""
     import argparse, json, os, signal, sys, time
     from pathlib import Path
     p = argparse.ArgumentParser()
@@ -52,7 +53,7 @@ FAKE_TRAIN = textwrap.dedent(r'''
     (out / "summary.json").write_text(json.dumps({"schema_version": 1, "status": "complete", "seed": cfg["seed"],
                                                   "final_test_acc": 50.0, "train_time_s": 1.0,
                                                   "batch_sizes": [cfg["start_batch"]], "final_batch_size": 64}))
-''')
+""")
 
 SPEC = {
     "name": "t",
@@ -121,36 +122,56 @@ def test_expand_counts_ids_and_precedence():
     assert by_id["synthetic/resnet18/fixed/seed2"].config["start_batch"] == 32
     assert by_id["synthetic/resnet18/universal/seed1"].config["lr"] == 0.1
     p = by_id["synthetic/resnet18/bounded/seed2"]
-    assert (p.config["arch"], p.config["dataset"], p.config["seed"], p.config["epochs"]) == ("resnet18", "synthetic", 2, 2)
+    assert (p.config["arch"], p.config["dataset"], p.config["seed"], p.config["epochs"]) == (
+        "resnet18",
+        "synthetic",
+        2,
+        2,
+    )
     assert p.config["run_name"] == p.run_id
     for p in plans:
         TrainConfig.from_dict(p.config)
 
 
 def test_epochs_axis_and_arm_dataset_filter():
-    spec = study.parse_spec({**SPEC, "epochs": [2, 5], "datasets": ["synthetic", "cifar10"],
-                             "arms": {"fixed": {"policy": "fixed"},
-                                      "universal": {"policy": "deba", "universal_thresholds": True,
-                                                    "datasets": ["cifar10"]}}})
+    spec = study.parse_spec(
+        {
+            **SPEC,
+            "epochs": [2, 5],
+            "datasets": ["synthetic", "cifar10"],
+            "arms": {
+                "fixed": {"policy": "fixed"},
+                "universal": {"policy": "deba", "universal_thresholds": True, "datasets": ["cifar10"]},
+            },
+        }
+    )
     plans = study.expand(spec)
     # fixed on 2 datasets, universal on cifar10 only; x 2 archs x 2 epochs x 2 seeds
     assert len(plans) == (2 + 1) * 2 * 2 * 2
     assert "cifar10/tiny_cnn/universal-5ep/seed2" in {p.run_id for p in plans}
     assert not any(p.dataset == "synthetic" and p.arm == "universal" for p in plans)
-    assert {p.config["epochs"] for p in plans if p.run_id.endswith("-5ep/seed1") or "-5ep/" in p.run_id} == {5}
+    assert {p.config["epochs"] for p in plans if p.run_id.endswith("-5ep/seed1") or "-5ep/" in p.run_id} == {
+        5
+    }
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"arms": {"x": {"policy": "fixed", "lerning_rate": 1}}}, "unknown key(s) lerning_rate"),
-    ({"arms": {"x": {"policy": "sometimes"}}}, "policy must be one of"),
-    ({"common": {"epochs": 3}}, "common sets epochs"),
-    ({"arms": {}}, "missing 'arms'"),
-    ({"seeds": [1, 1]}, "lists a value twice"),
-    ({"arms": {"a/b": {"policy": "fixed"}}}, "arm name 'a/b'"),
-    ({"arms": {"x": {"policy": "deba", "preset": "paper"}}}, "no thresholds"),  # tiny_cnn is not in Table 1
-    ({"colour": "red"}, "unknown key(s) colour"),
-    ({"arch_overrides": {"tiny_cnn": {"lr": "fast"}}}, "lr must be a number"),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"arms": {"x": {"policy": "fixed", "lerning_rate": 1}}}, "unknown key(s) lerning_rate"),
+        ({"arms": {"x": {"policy": "sometimes"}}}, "policy must be one of"),
+        ({"common": {"epochs": 3}}, "common sets epochs"),
+        ({"arms": {}}, "missing 'arms'"),
+        ({"seeds": [1, 1]}, "lists a value twice"),
+        ({"arms": {"a/b": {"policy": "fixed"}}}, "arm name 'a/b'"),
+        (
+            {"arms": {"x": {"policy": "deba", "preset": "paper"}}},
+            "no thresholds",
+        ),  # tiny_cnn is not in Table 1
+        ({"colour": "red"}, "unknown key(s) colour"),
+        ({"arch_overrides": {"tiny_cnn": {"lr": "fast"}}}, "lr must be a number"),
+    ],
+)
 def test_bad_spec_is_one_line_error(change, words):
     with pytest.raises(DebaError) as e:
         study.expand(study.parse_spec({**SPEC, **change}))
@@ -159,8 +180,9 @@ def test_bad_spec_is_one_line_error(change, words):
 
 def test_bad_spec_before_anything_starts(tmp_path, fake, capsys):
     path = write_spec(tmp_path, {**SPEC, "arms": {"fixed": {"policy": "fixed"}, "bad": {"momentum": -1}}})
-    code = main(["study", str(path), "--out", str(tmp_path / "out"), "--train-command",
-                 " ".join(fake.command)])
+    code = main(
+        ["study", str(path), "--out", str(tmp_path / "out"), "--train-command", " ".join(fake.command)]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "momentum must be" in err
     assert fake.calls() == [] and not (tmp_path / "out").exists()
@@ -217,7 +239,9 @@ def test_resume_after_killed_run(tmp_path, fake, monkeypatch):
 
 
 def test_partial_run_without_checkpoint_restarts_clean(tmp_path, fake):
-    spec = study.parse_spec({**SPEC, "archs": ["tiny_cnn"], "seeds": [1], "arms": {"fixed": {"policy": "fixed"}}})
+    spec = study.parse_spec(
+        {**SPEC, "archs": ["tiny_cnn"], "seeds": [1], "arms": {"fixed": {"policy": "fixed"}}}
+    )
     out = tmp_path / "out"
     (plan,) = study.expand(spec)
     d = plan.dir(out)
@@ -233,7 +257,9 @@ def test_partial_run_without_checkpoint_restarts_clean(tmp_path, fake):
 
 
 def test_stopped_run_is_final(tmp_path, fake):
-    spec = study.parse_spec({**SPEC, "archs": ["tiny_cnn"], "seeds": [1], "arms": {"fixed": {"policy": "fixed"}}})
+    spec = study.parse_spec(
+        {**SPEC, "archs": ["tiny_cnn"], "seeds": [1], "arms": {"fixed": {"policy": "fixed"}}}
+    )
     out = tmp_path / "out"
     (plan,) = study.expand(spec)
     plan.dir(out).mkdir(parents=True)
@@ -257,7 +283,9 @@ def test_lock_held_elsewhere_is_skipped_and_stale_lock_taken_over(tmp_path, fake
     holder = study.RunLock(held.dir(out))
     assert holder.acquire()
     # a lock file left by a process that died: its pid is dead, nobody holds the flock
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     stale.dir(out).mkdir(parents=True)
     (stale.dir(out) / ".lock").write_text(f"{dead.stdout.strip()} somehost\n")
     assert study.run_status(held, out)[0] == "running"
@@ -275,9 +303,24 @@ def test_two_study_processes_never_run_a_run_twice(tmp_path, fake, monkeypatch):
     spec_path = write_spec(tmp_path, SPEC)
     out = tmp_path / "out"
     monkeypatch.setenv("FAKE_SLEEP", "0.15")
-    other = subprocess.Popen([sys.executable, "-m", "deba", "study", str(spec_path), "--out", str(out),
-                              "--parallel", "2", "--train-command", " ".join(fake.command)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deba",
+            "study",
+            str(spec_path),
+            "--out",
+            str(out),
+            "--parallel",
+            "2",
+            "--train-command",
+            " ".join(fake.command),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     mine = run(study.load_spec(spec_path), out, fake, parallel=2)
     assert other.wait(timeout=60) == 0, other.stderr.read()
     assert mine.exit_code == 0
@@ -287,7 +330,9 @@ def test_two_study_processes_never_run_a_run_twice(tmp_path, fake, monkeypatch):
 
 
 def test_time_limit_stops_runs_resumably(tmp_path, fake, monkeypatch):
-    spec = study.parse_spec({**SPEC, "archs": ["tiny_cnn"], "seeds": [1, 2, 3], "arms": {"fixed": {"policy": "fixed"}}})
+    spec = study.parse_spec(
+        {**SPEC, "archs": ["tiny_cnn"], "seeds": [1, 2, 3], "arms": {"fixed": {"policy": "fixed"}}}
+    )
     out = tmp_path / "out"
     monkeypatch.setenv("FAKE_MODE", "sleep")
     res = run(spec, out, fake, parallel=2, time_limit_s=0.5)
@@ -306,9 +351,22 @@ def test_sigterm_to_the_study_stops_its_runs_resumably(tmp_path, fake, monkeypat
     spec_path = write_spec(tmp_path, spec)
     out = tmp_path / "out"
     monkeypatch.setenv("FAKE_MODE", "sleep")
-    proc = subprocess.Popen([sys.executable, "-m", "deba", "study", str(spec_path), "--out", str(out),
-                             "--train-command", " ".join(fake.command)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deba",
+            "study",
+            str(spec_path),
+            "--out",
+            str(out),
+            "--train-command",
+            " ".join(fake.command),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     (plan,) = study.expand(study.parse_spec(spec))
     deadline = time.monotonic() + 30
     while not (fake.calls() and (plan.dir(out) / "checkpoint.pt").exists()) and time.monotonic() < deadline:
@@ -337,8 +395,22 @@ def test_pack_and_restore(tmp_path, fake, capsys):
     spec_path = write_spec(tmp_path, SPEC)
     out = tmp_path / "out"
     archive = tmp_path / "packs" / "t.tar.gz"
-    code = main(["study", str(spec_path), "--out", str(out), "--parallel", "2", "--shard", "0/2",
-                 "--train-command", " ".join(fake.command), "--pack", str(archive)])
+    code = main(
+        [
+            "study",
+            str(spec_path),
+            "--out",
+            str(out),
+            "--parallel",
+            "2",
+            "--shard",
+            "0/2",
+            "--train-command",
+            " ".join(fake.command),
+            "--pack",
+            str(archive),
+        ]
+    )
     assert code == 0
     n_shard0 = len(study.shard_plans(study.expand(study.load_spec(spec_path)), (0, 2)))
     with tarfile.open(archive) as tar:
@@ -349,8 +421,20 @@ def test_pack_and_restore(tmp_path, fake, capsys):
     # a later session on a fresh machine: restore, then shard 0 has nothing to do
     fresh = tmp_path / "fresh"
     capsys.readouterr()
-    main(["study", str(spec_path), "--out", str(fresh), "--restore", str(archive), "--shard", "0/2",
-          "--train-command", " ".join(fake.command)])
+    main(
+        [
+            "study",
+            str(spec_path),
+            "--out",
+            str(fresh),
+            "--restore",
+            str(archive),
+            "--shard",
+            "0/2",
+            "--train-command",
+            " ".join(fake.command),
+        ]
+    )
     assert "restored" in capsys.readouterr().out
     assert len(fake.calls()) == n_shard0
     main(["study", str(spec_path), "--out", str(fresh), "--dry-run"])

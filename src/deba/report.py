@@ -15,6 +15,7 @@ Statistics (also written into report.md):
 - modelled solo time (with --bench): the sum over a run's epochs of the bench's solo time per step at that
   epoch's batch size times the steps the epoch took (log-log interpolation between measured batch sizes).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,9 @@ from .policy import DEFAULT_PRESET, TABLE1_THRESHOLDS, canonical_arch
 # --- the paper's published numbers (arXiv 2511.03809) -------------------------------------------------
 # Table 1 lives in deba.policy.TABLE1_THRESHOLDS (the presets use it); the rest is here. Architectures by
 # torchvision name; accuracies in percent, times in seconds, speedups in percent. All at 100 epochs, 5 seeds.
-PAPER_TABLE2: dict[str, dict[str, Any]] = {  # stability taxonomy from fixed-batch profiling (seeds 2, 42, 199)
+PAPER_TABLE2: dict[
+    str, dict[str, Any]
+] = {  # stability taxonomy from fixed-batch profiling (seeds 2, 42, 199)
     "mobilenet_v3_large": {"mu_S": 0.590, "sigma_S": 0.028, "class": "overly stable", "delta_acc": 5.3},
     "vit_b_16": {"mu_S": 0.546, "sigma_S": 0.012, "class": "overly stable", "delta_acc": 0.2},
     "densenet121": {"mu_S": 0.495, "sigma_S": 0.019, "class": "moderately stable", "delta_acc": 1.9},
@@ -44,25 +47,63 @@ PAPER_TABLE2: dict[str, dict[str, Any]] = {  # stability taxonomy from fixed-bat
     "resnet50": {"mu_S": 0.185, "sigma_S": 0.079, "class": "naturally unstable", "delta_acc": -0.3},
 }
 ABLATIONS = ("baseline", "universal", "cooldown5", "cooldown2", "full-history")
-ABLATION_TITLES = {"baseline": "baseline (cooldown 10, window 15)", "universal": "universal thresholds",
-                   "cooldown5": "cooldown 5", "cooldown2": "cooldown 2", "full-history": "full history"}
+ABLATION_TITLES = {
+    "baseline": "baseline (cooldown 10, window 15)",
+    "universal": "universal thresholds",
+    "cooldown5": "cooldown 5",
+    "cooldown2": "cooldown 2",
+    "full-history": "full history",
+}
 # Table 3 (CIFAR-10): (delta acc, speedup %) per ablation
 PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
-    "resnet18": {"baseline": (2.43, 34.2), "universal": (-0.16, -10.8), "cooldown2": (-2.75, 40.7),
-                 "cooldown5": (0.83, 21.6), "full-history": (1.94, 31.8)},
-    "resnet50": {"baseline": (-0.59, 42.4), "universal": (0.43, -5.6), "cooldown2": (-12.62, 58.7),
-                 "cooldown5": (-2.35, 43.4), "full-history": (0.14, 11.9)},
-    "densenet121": {"baseline": (1.40, 54.9), "universal": (-0.26, -0.05), "cooldown2": (-4.30, 79.0),
-                    "cooldown5": (0.24, 67.0), "full-history": (1.02, 37.1)},
-    "efficientnet_b0": {"baseline": (2.37, 43.3), "universal": (-0.95, -25.5), "cooldown2": (-2.29, 65.0),
-                        "cooldown5": (1.97, 52.0), "full-history": (0.24, 7.1)},
-    "mobilenet_v3_large": {"baseline": (6.98, 50.4), "universal": (7.02, 37.9), "cooldown2": (0.64, 55.4),
-                           "cooldown5": (5.24, 50.2), "full-history": (5.48, 42.0)},
-    "vit_b_16": {"baseline": (-0.61, 8.3), "universal": (-0.02, -1.9), "cooldown2": (-1.80, 11.9),
-                 "cooldown5": (-0.59, 10.0), "full-history": (-0.43, 6.8)},
+    "resnet18": {
+        "baseline": (2.43, 34.2),
+        "universal": (-0.16, -10.8),
+        "cooldown2": (-2.75, 40.7),
+        "cooldown5": (0.83, 21.6),
+        "full-history": (1.94, 31.8),
+    },
+    "resnet50": {
+        "baseline": (-0.59, 42.4),
+        "universal": (0.43, -5.6),
+        "cooldown2": (-12.62, 58.7),
+        "cooldown5": (-2.35, 43.4),
+        "full-history": (0.14, 11.9),
+    },
+    "densenet121": {
+        "baseline": (1.40, 54.9),
+        "universal": (-0.26, -0.05),
+        "cooldown2": (-4.30, 79.0),
+        "cooldown5": (0.24, 67.0),
+        "full-history": (1.02, 37.1),
+    },
+    "efficientnet_b0": {
+        "baseline": (2.37, 43.3),
+        "universal": (-0.95, -25.5),
+        "cooldown2": (-2.29, 65.0),
+        "cooldown5": (1.97, 52.0),
+        "full-history": (0.24, 7.1),
+    },
+    "mobilenet_v3_large": {
+        "baseline": (6.98, 50.4),
+        "universal": (7.02, 37.9),
+        "cooldown2": (0.64, 55.4),
+        "cooldown5": (5.24, 50.2),
+        "full-history": (5.48, 42.0),
+    },
+    "vit_b_16": {
+        "baseline": (-0.61, 8.3),
+        "universal": (-0.02, -1.9),
+        "cooldown2": (-1.80, 11.9),
+        "cooldown5": (-0.59, 10.0),
+        "full-history": (-0.43, 6.8),
+    },
 }
 PAPER_TABLE3_SUMMARY = {  # the table's last two rows: architectures degraded by > 1 point, mean |delta acc|
-    "baseline": ("0/6", 2.40), "universal": ("3/6", 1.47), "cooldown2": ("5/6", 4.07), "cooldown5": ("1/6", 1.20),
+    "baseline": ("0/6", 2.40),
+    "universal": ("3/6", 1.47),
+    "cooldown2": ("5/6", 4.07),
+    "cooldown5": ("1/6", 1.20),
     "full-history": ("0/6", 1.54),
 }
 
@@ -241,9 +282,16 @@ def variant_of(config: Mapping[str, Any]) -> tuple[str, str | None, str | None, 
     if config.get("full_history"):
         label.append("full-history")
         ablations.append(("full-history", "full history"))
-    for key, tag in (("theta_stab", "theta"), ("theta_conf", "theta"), ("thresholds", "thresholds-file"),
-                     ("grow_factor", "grow"), ("rollback_factor", "rollback"), ("b_min", "bmin"), ("b_max", "bmax"),
-                     ("decision_interval", "interval")):
+    for key, tag in (
+        ("theta_stab", "theta"),
+        ("theta_conf", "theta"),
+        ("thresholds", "thresholds-file"),
+        ("grow_factor", "grow"),
+        ("rollback_factor", "rollback"),
+        ("b_min", "bmin"),
+        ("b_max", "bmax"),
+        ("decision_interval", "interval"),
+    ):
         if config.get(key) is not None and tag not in other:
             other.append(tag)
     if config.get("window") not in (None, 15):
@@ -306,8 +354,10 @@ def load_runs(inputs: Sequence[str | os.PathLike]) -> RunSet:
             found[run_id] = run
     runs = sorted(found.values(), key=lambda r: (r.dataset, r.arch, r.epochs, r.arm, r.seed, r.run_id))
     if not runs:
-        raise DebaError(f"no runs found in {', '.join(map(str, inputs))} (looked for summary.json, config.json "
-                        "and epochs.jsonl side by side)")
+        raise DebaError(
+            f"no runs found in {', '.join(map(str, inputs))} (looked for summary.json, config.json "
+            "and epochs.jsonl side by side)"
+        )
     return RunSet(runs, [str(p) for p in inputs], notes)
 
 
@@ -327,8 +377,12 @@ def paired_speedup(times: Mapping[int, float], base_times: Mapping[int, float]) 
     m, sd = mean_std(s)
     t = np.mean([times[k] for k in seeds]) if seeds else math.nan
     tb = np.mean([base_times[k] for k in seeds]) if seeds else math.nan
-    return {"n_pairs": len(seeds), "speedup_pct": m, "speedup_pct_std": sd,
-            "throughput": float(tb / t) if seeds and t > 0 else math.nan}
+    return {
+        "n_pairs": len(seeds),
+        "speedup_pct": m,
+        "speedup_pct_std": sd,
+        "throughput": float(tb / t) if seeds and t > 0 else math.nan,
+    }
 
 
 # --- bench: modelled solo time -------------------------------------------------------------------------
@@ -361,7 +415,9 @@ class BenchTable:
                 raise DebaError(f"{path}: record {i} lacks {', '.join(missing)}")
             b, epoch_s = r["batch_size"], _num(r["epoch_s"])
             if isinstance(b, bool) or not isinstance(b, int) or b < 1 or epoch_s is None or epoch_s <= 0:
-                raise DebaError(f"{path}: record {i}: batch_size must be an integer >= 1 and epoch_s a number > 0")
+                raise DebaError(
+                    f"{path}: record {i}: batch_size must be an integer >= 1 and epoch_s a number > 0"
+                )
             steps = r.get("steps") or (int(r.get("samples") or 50_000) // b)
             if not steps:
                 continue
@@ -397,7 +453,10 @@ class BenchTable:
             elif isinstance(graphs, str) and graphs in modes:
                 mode = graphs
             else:
-                return math.nan, f"bench has modes {', '.join(modes)} for {run.arch}: choose one with --bench-mode"
+                return (
+                    math.nan,
+                    f"bench has modes {', '.join(modes)} for {run.arch}: choose one with --bench-mode",
+                )
         elif mode not in modes:
             return math.nan, f"bench has no mode {mode!r} for {run.arch}"
         total = 0.0
@@ -465,8 +524,12 @@ def _first_per_seed(runs: Sequence[RunLog], key: str) -> dict[int, float]:
     return out
 
 
-def table4(runset: RunSet, baseline: str | None = None, bench: BenchTable | None = None,
-           bench_mode: str | None = None) -> pd.DataFrame:
+def table4(
+    runset: RunSet,
+    baseline: str | None = None,
+    bench: BenchTable | None = None,
+    bench_mode: str | None = None,
+) -> pd.DataFrame:
     """One row per (dataset, arch, epochs, arm) over its complete runs."""
     runs = runset.runs
     base_of = baseline_arms(runs, baseline)
@@ -481,24 +544,30 @@ def table4(runset: RunSet, baseline: str | None = None, bench: BenchTable | None
                     runset.notes.append(note)
     rows = []
     order = sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] != base_of.get(k[:3]), k[3]))
-    for (dataset, arch, epochs, arm) in order:
+    for dataset, arch, epochs, arm in order:
         members = groups[(dataset, arch, epochs, arm)]
         done = sorted((r for r in members if r.complete), key=lambda r: r.seed)
         seen: dict[int, str] = {}
         for r in done:
             if r.seed in seen:
-                note = (f"{dataset}/{arch}/{arm}: seed {r.seed} appears twice ({seen[r.seed]}, {r.run_id}); both count "
-                        "in accuracy and time, the first pairs for speedup (report one study at a time?)")
+                note = (
+                    f"{dataset}/{arch}/{arm}: seed {r.seed} appears twice ({seen[r.seed]}, {r.run_id}); both count "
+                    "in accuracy and time, the first pairs for speedup (report one study at a time?)"
+                )
                 if note not in runset.notes:
                     runset.notes.append(note)
             seen.setdefault(r.seed, r.run_id)
         base_arm = base_of.get((dataset, arch, epochs))
-        base = [r for r in groups.get((dataset, arch, epochs, base_arm), []) if r.complete] if base_arm else []
+        base = (
+            [r for r in groups.get((dataset, arch, epochs, base_arm), []) if r.complete] if base_arm else []
+        )
         acc = [float(r.summary["final_test_acc"]) for r in done]
         best = [_num(r.summary.get("best_test_acc")) for r in done]
         times = _first_per_seed(done, "train_time_s")
         base_times = _first_per_seed(base, "train_time_s")
-        all_times = [float(r.summary["train_time_s"]) for r in done if _num(r.summary.get("train_time_s")) is not None]
+        all_times = [
+            float(r.summary["train_time_s"]) for r in done if _num(r.summary.get("train_time_s")) is not None
+        ]
         acc_m, acc_s = mean_std(acc)
         best_m, best_s = mean_std(best)
         t_m, t_s = mean_std(all_times)
@@ -508,18 +577,36 @@ def table4(runset: RunSet, baseline: str | None = None, bench: BenchTable | None
         shared = max([r.concurrent_runs for r in done] or [1])
         shared_pair = max([shared] + [r.concurrent_runs for r in base])
         row = {
-            "dataset": dataset, "arch": arch, "epochs": epochs, "arm": arm,
-            "variant": members[0].variant, "baseline_arm": base_arm or "", "n": len(done),
-            "n_incomplete": len(members) - len(done), "seeds": " ".join(str(r.seed) for r in done),
-            "acc_mean": acc_m, "acc_std": acc_s, "best_acc_mean": best_m, "best_acc_std": best_s,
+            "dataset": dataset,
+            "arch": arch,
+            "epochs": epochs,
+            "arm": arm,
+            "variant": members[0].variant,
+            "baseline_arm": base_arm or "",
+            "n": len(done),
+            "n_incomplete": len(members) - len(done),
+            "seeds": " ".join(str(r.seed) for r in done),
+            "acc_mean": acc_m,
+            "acc_std": acc_s,
+            "best_acc_mean": best_m,
+            "best_acc_std": best_s,
             "delta_acc": math.nan if is_base or not base else acc_m - base_acc_m,
-            "time_s_mean": t_m, "time_s_std": t_s,
-            "speedup_pct": pair.get("speedup_pct", math.nan), "speedup_pct_std": pair.get("speedup_pct_std", math.nan),
-            "n_pairs": pair.get("n_pairs", 0), "throughput": 1.0 if is_base and done else pair.get("throughput", math.nan),
-            "acc_per_s": mean_std(float(r.summary["final_test_acc"]) / float(r.summary["train_time_s"]) for r in done
-                                  if (_num(r.summary.get("train_time_s")) or 0) > 0)[0],
-            "concurrent_runs": shared, "timing": _timing_label(shared_pair if not is_base else shared),
-            "devices": ", ".join(sorted({str(r.summary.get("device_name")) for r in done if r.summary.get("device_name")})),
+            "time_s_mean": t_m,
+            "time_s_std": t_s,
+            "speedup_pct": pair.get("speedup_pct", math.nan),
+            "speedup_pct_std": pair.get("speedup_pct_std", math.nan),
+            "n_pairs": pair.get("n_pairs", 0),
+            "throughput": 1.0 if is_base and done else pair.get("throughput", math.nan),
+            "acc_per_s": mean_std(
+                float(r.summary["final_test_acc"]) / float(r.summary["train_time_s"])
+                for r in done
+                if (_num(r.summary.get("train_time_s")) or 0) > 0
+            )[0],
+            "concurrent_runs": shared,
+            "timing": _timing_label(shared_pair if not is_base else shared),
+            "devices": ", ".join(
+                sorted({str(r.summary.get("device_name")) for r in done if r.summary.get("device_name")})
+            ),
         }
         if bench is not None:
             mt = {r.seed: modelled.get(r.run_id, math.nan) for r in done}
@@ -528,21 +615,31 @@ def table4(runset: RunSet, baseline: str | None = None, bench: BenchTable | None
             mbt = {k: v for k, v in mbt.items() if not math.isnan(v)}
             mm, ms = mean_std(mt.values())
             mp = paired_speedup(mt, mbt) if base and not is_base else {}
-            row.update({"model_time_s_mean": mm, "model_time_s_std": ms,
-                        "model_speedup_pct": mp.get("speedup_pct", math.nan),
-                        "model_speedup_pct_std": mp.get("speedup_pct_std", math.nan),
-                        "model_throughput": 1.0 if is_base and mt else mp.get("throughput", math.nan)})
+            row.update(
+                {
+                    "model_time_s_mean": mm,
+                    "model_time_s_std": ms,
+                    "model_speedup_pct": mp.get("speedup_pct", math.nan),
+                    "model_speedup_pct_std": mp.get("speedup_pct_std", math.nan),
+                    "model_throughput": 1.0 if is_base and mt else mp.get("throughput", math.nan),
+                }
+            )
         kind = _paper_kind(members[0], is_base)
         paper = PAPER_TABLE4.get((canonical_arch(arch), dataset, kind)) if kind else None
-        row.update({
-            "paper_acc": paper["acc"][0] if paper else math.nan, "paper_acc_std": paper["acc"][1] if paper else math.nan,
-            "paper_delta_acc": (paper["delta_acc"] if paper and paper["delta_acc"] is not None else math.nan),
-            "paper_time_s": paper["time_s"][0] if paper else math.nan,
-            "paper_time_s_std": paper["time_s"][1] if paper else math.nan,
-            "paper_speedup_pct": paper["speedup"][0] if paper and paper["speedup"] else math.nan,
-            "paper_speedup_pct_std": paper["speedup"][1] if paper and paper["speedup"] else math.nan,
-            "paper_throughput": paper["throughput"] if paper else math.nan,
-        })
+        row.update(
+            {
+                "paper_acc": paper["acc"][0] if paper else math.nan,
+                "paper_acc_std": paper["acc"][1] if paper else math.nan,
+                "paper_delta_acc": (
+                    paper["delta_acc"] if paper and paper["delta_acc"] is not None else math.nan
+                ),
+                "paper_time_s": paper["time_s"][0] if paper else math.nan,
+                "paper_time_s_std": paper["time_s"][1] if paper else math.nan,
+                "paper_speedup_pct": paper["speedup"][0] if paper and paper["speedup"] else math.nan,
+                "paper_speedup_pct_std": paper["speedup"][1] if paper and paper["speedup"] else math.nan,
+                "paper_throughput": paper["throughput"] if paper else math.nan,
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -557,19 +654,35 @@ def table3(runset: RunSet, t4: pd.DataFrame) -> pd.DataFrame:
         r = first[(row["dataset"], row["arch"], row["epochs"], row["arm"])]
         if r.ablation is None or not row["baseline_arm"]:
             continue
-        paper = PAPER_TABLE3.get(canonical_arch(r.arch), {}).get(r.ablation) if r.dataset == "cifar10" else None
-        rows.append({
-            "dataset": r.dataset, "epochs": r.epochs, "preset": r.preset, "arch": r.arch, "ablation": r.ablation,
-            "setting": r.setting, "arm": r.arm, "n": row["n"], "delta_acc": row["delta_acc"],
-            "speedup_pct": row["speedup_pct"], "speedup_pct_std": row["speedup_pct_std"], "timing": row["timing"],
-            "model_speedup_pct": row.get("model_speedup_pct", math.nan),
-            "paper_delta_acc": paper[0] if paper else math.nan, "paper_speedup_pct": paper[1] if paper else math.nan,
-        })
+        paper = (
+            PAPER_TABLE3.get(canonical_arch(r.arch), {}).get(r.ablation) if r.dataset == "cifar10" else None
+        )
+        rows.append(
+            {
+                "dataset": r.dataset,
+                "epochs": r.epochs,
+                "preset": r.preset,
+                "arch": r.arch,
+                "ablation": r.ablation,
+                "setting": r.setting,
+                "arm": r.arm,
+                "n": row["n"],
+                "delta_acc": row["delta_acc"],
+                "speedup_pct": row["speedup_pct"],
+                "speedup_pct_std": row["speedup_pct_std"],
+                "timing": row["timing"],
+                "model_speedup_pct": row.get("model_speedup_pct", math.nan),
+                "paper_delta_acc": paper[0] if paper else math.nan,
+                "paper_speedup_pct": paper[1] if paper else math.nan,
+            }
+        )
     df = pd.DataFrame(rows)
     if not df.empty:
         order = {k: i for i, k in enumerate(ABLATIONS)}
-        df = df.sort_values(["dataset", "epochs", "preset", "arch", "ablation"],
-                            key=lambda s: s.map(order) if s.name == "ablation" else s).reset_index(drop=True)
+        df = df.sort_values(
+            ["dataset", "epochs", "preset", "arch", "ablation"],
+            key=lambda s: s.map(order) if s.name == "ablation" else s,
+        ).reset_index(drop=True)
     return df
 
 
@@ -578,14 +691,23 @@ def table3_summary(t3: pd.DataFrame) -> pd.DataFrame:
     rows = []
     if t3.empty:
         return pd.DataFrame(rows)
-    for (dataset, epochs, preset, abl), g in t3.groupby(["dataset", "epochs", "preset", "ablation"], sort=False):
+    for (dataset, epochs, preset, abl), g in t3.groupby(
+        ["dataset", "epochs", "preset", "ablation"], sort=False
+    ):
         d = g.groupby("arch")["delta_acc"].mean().dropna()
         paper = PAPER_TABLE3_SUMMARY.get(abl) if dataset == "cifar10" else None
-        rows.append({"dataset": dataset, "epochs": epochs, "preset": preset, "ablation": abl,
-                     "degraded_gt_1pt": f"{int((d < -1).sum())}/{len(d)}",
-                     "mean_abs_delta_acc": float(d.abs().mean()) if len(d) else math.nan,
-                     "paper_degraded_gt_1pt": paper[0] if paper else "",
-                     "paper_mean_abs_delta_acc": paper[1] if paper else math.nan})
+        rows.append(
+            {
+                "dataset": dataset,
+                "epochs": epochs,
+                "preset": preset,
+                "ablation": abl,
+                "degraded_gt_1pt": f"{int((d < -1).sum())}/{len(d)}",
+                "mean_abs_delta_acc": float(d.abs().mean()) if len(d) else math.nan,
+                "paper_degraded_gt_1pt": paper[0] if paper else "",
+                "paper_mean_abs_delta_acc": paper[1] if paper else math.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -597,8 +719,9 @@ def _calibrate(logs: list[list[dict]], window: int, conf_mode: str) -> dict | No
     return calibrate(logs, window=window, conf_mode=conf_mode)
 
 
-def tables_1_2(runset: RunSet, t4: pd.DataFrame, baseline: str | None = None,
-               window: int = 15) -> tuple[pd.DataFrame, pd.DataFrame]:
+def tables_1_2(
+    runset: RunSet, t4: pd.DataFrame, baseline: str | None = None, window: int = 15
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1 (calibrated thresholds) and Table 2 (stability taxonomy) from the fixed arm's runs, seeds pooled,
     through deba.calibration. Empty frames when deba.calibration is unavailable."""
     base_of = baseline_arms(runset.runs, baseline)
@@ -615,17 +738,34 @@ def tables_1_2(runset: RunSet, t4: pd.DataFrame, baseline: str | None = None,
             return pd.DataFrame(), pd.DataFrame()
         bounded = _calibrate(logs, window, "bounded") or {}
         paper1 = TABLE1_THRESHOLDS.get(canonical_arch(arch))
-        t1.append({"dataset": dataset, "arch": arch, "epochs": epochs, "n_runs": len(fixed),
-                   "theta_stab": ratio.get("theta_stab"), "theta_conf": ratio.get("theta_conf"),
-                   "theta_conf_bounded": bounded.get("theta_conf"),
-                   "paper_theta_stab": paper1[0] if paper1 else math.nan,
-                   "paper_theta_conf": paper1[1] if paper1 else math.nan})
+        t1.append(
+            {
+                "dataset": dataset,
+                "arch": arch,
+                "epochs": epochs,
+                "n_runs": len(fixed),
+                "theta_stab": ratio.get("theta_stab"),
+                "theta_conf": ratio.get("theta_conf"),
+                "theta_conf_bounded": bounded.get("theta_conf"),
+                "paper_theta_stab": paper1[0] if paper1 else math.nan,
+                "paper_theta_conf": paper1[1] if paper1 else math.nan,
+            }
+        )
         paper2 = PAPER_TABLE2.get(canonical_arch(arch), {})
-        row = {"dataset": dataset, "arch": arch, "epochs": epochs, "n_runs": len(fixed),
-               "mu_S": ratio.get("mu_S"), "sigma_S": ratio.get("sigma_S"), "class": ratio.get("taxonomy"),
-               "prediction": ratio.get("prediction"),
-               "paper_mu_S": paper2.get("mu_S", math.nan), "paper_sigma_S": paper2.get("sigma_S", math.nan),
-               "paper_class": paper2.get("class", ""), "paper_delta_acc": paper2.get("delta_acc", math.nan)}
+        row = {
+            "dataset": dataset,
+            "arch": arch,
+            "epochs": epochs,
+            "n_runs": len(fixed),
+            "mu_S": ratio.get("mu_S"),
+            "sigma_S": ratio.get("sigma_S"),
+            "class": ratio.get("taxonomy"),
+            "prediction": ratio.get("prediction"),
+            "paper_mu_S": paper2.get("mu_S", math.nan),
+            "paper_sigma_S": paper2.get("sigma_S", math.nan),
+            "paper_class": paper2.get("class", ""),
+            "paper_delta_acc": paper2.get("delta_acc", math.nan),
+        }
         sel = t4[(t4.dataset == dataset) & (t4.arch == arch) & (t4.epochs == epochs)]
         for _, a in sel.iterrows():
             r = groups[(dataset, arch, epochs, a["arm"])][0]
@@ -640,30 +780,66 @@ def runs_table(runset: RunSet, modelled: Mapping[str, float] | None = None) -> p
     for r in runset.runs:
         s = r.summary
         bs = [rec.get("batch_size") for rec in r.records]
-        rows.append({
-            "run_id": r.run_id, "source": r.source, "dataset": r.dataset, "arch": r.arch, "arm": r.arm,
-            "variant": r.variant, "seed": r.seed, "epochs": r.epochs, "epochs_logged": len(r.records),
-            "status": r.status, "final_test_acc": _num(s.get("final_test_acc")),
-            "best_test_acc": _num(s.get("best_test_acc")), "best_epoch": s.get("best_epoch"),
-            "train_time_s": _num(s.get("train_time_s")), "eval_time_s": _num(s.get("eval_time_s")),
-            "increases": s.get("increases"), "rollbacks": s.get("rollbacks"), "holds": s.get("holds"),
-            "start_batch_size": bs[0] if bs else None, "final_batch_size": s.get("final_batch_size"),
-            "max_batch_size": s.get("max_batch_size", max((b for b in bs if isinstance(b, int)), default=None)),
-            "concurrent_runs": r.concurrent_runs, "device_name": s.get("device_name"),
-            "torch_version": s.get("torch_version"),
-            "modelled_time_s": (modelled or {}).get(r.run_id, math.nan),
-        })
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "source": r.source,
+                "dataset": r.dataset,
+                "arch": r.arch,
+                "arm": r.arm,
+                "variant": r.variant,
+                "seed": r.seed,
+                "epochs": r.epochs,
+                "epochs_logged": len(r.records),
+                "status": r.status,
+                "final_test_acc": _num(s.get("final_test_acc")),
+                "best_test_acc": _num(s.get("best_test_acc")),
+                "best_epoch": s.get("best_epoch"),
+                "train_time_s": _num(s.get("train_time_s")),
+                "eval_time_s": _num(s.get("eval_time_s")),
+                "increases": s.get("increases"),
+                "rollbacks": s.get("rollbacks"),
+                "holds": s.get("holds"),
+                "start_batch_size": bs[0] if bs else None,
+                "final_batch_size": s.get("final_batch_size"),
+                "max_batch_size": s.get(
+                    "max_batch_size", max((b for b in bs if isinstance(b, int)), default=None)
+                ),
+                "concurrent_runs": r.concurrent_runs,
+                "device_name": s.get("device_name"),
+                "torch_version": s.get("torch_version"),
+                "modelled_time_s": (modelled or {}).get(r.run_id, math.nan),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def trajectories(runset: RunSet) -> pd.DataFrame:
-    cols = ("epoch", "batch_size", "decision", "next_batch_size", "grad_var", "grad_norm", "loss", "conf",
-            "train_time_s", "test_acc")
+    cols = (
+        "epoch",
+        "batch_size",
+        "decision",
+        "next_batch_size",
+        "grad_var",
+        "grad_norm",
+        "loss",
+        "conf",
+        "train_time_s",
+        "test_acc",
+    )
     rows = []
     for r in runset.runs:
         for rec in r.records:
-            rows.append({"run_id": r.run_id, "dataset": r.dataset, "arch": r.arch, "arm": r.arm, "seed": r.seed,
-                         **{c: rec.get(c) for c in cols}})
+            rows.append(
+                {
+                    "run_id": r.run_id,
+                    "dataset": r.dataset,
+                    "arch": r.arch,
+                    "arm": r.arm,
+                    "seed": r.seed,
+                    **{c: rec.get(c) for c in cols},
+                }
+            )
     return pd.DataFrame(rows, columns=["run_id", "dataset", "arch", "arm", "seed", *cols])
 
 
@@ -719,8 +895,15 @@ def _pyplot():
     return plt
 
 
-def _fig_by_batch(data: pd.DataFrame, value: str, ylabel: str, title: str, path: Path,
-                  bench: pd.DataFrame | None = None, logy: bool = True) -> None:
+def _fig_by_batch(
+    data: pd.DataFrame,
+    value: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    bench: pd.DataFrame | None = None,
+    logy: bool = True,
+) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (dataset, arch), g in data.groupby(["dataset", "arch"]):
@@ -730,9 +913,17 @@ def _fig_by_batch(data: pd.DataFrame, value: str, ylabel: str, title: str, path:
     if bench is not None and not bench.empty:
         for (arch, mode), g in bench.groupby(["arch", "mode"]):
             g = g.sort_values("batch_size")
-            ax.plot(g["batch_size"], g["epoch_s"], linestyle="--", marker="x", label=f"{arch}, bench {mode} (solo)")
+            ax.plot(
+                g["batch_size"],
+                g["epoch_s"],
+                linestyle="--",
+                marker="x",
+                label=f"{arch}, bench {mode} (solo)",
+            )
     ax.set_xscale("log", base=2)
-    bs = list(data["batch_size"]) + (list(bench["batch_size"]) if bench is not None and not bench.empty else [])
+    bs = list(data["batch_size"]) + (
+        list(bench["batch_size"]) if bench is not None and not bench.empty else []
+    )
     if bs:
         _pow2_ticks(ax, "x", float(min(bs)), float(max(bs)))
     if logy:
@@ -751,7 +942,7 @@ def _fig_by_batch(data: pd.DataFrame, value: str, ylabel: str, title: str, path:
 def _pow2_ticks(ax, axis: str, lo: float, hi: float) -> None:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    ticks = [2 ** k for k in range(16) if lo / 1.5 <= 2 ** k <= hi * 1.5]
+    ticks = [2**k for k in range(16) if lo / 1.5 <= 2**k <= hi * 1.5]
     target = ax.yaxis if axis == "y" else ax.xaxis
     if ticks:
         (ax.set_yticks if axis == "y" else ax.set_xticks)(ticks)
@@ -766,8 +957,9 @@ def _fig_trajectories(traj: pd.DataFrame, dataset: str, arch: str, path: Path) -
     arms = sorted(d["arm"].unique())
     ncols = min(3, max(1, len(arms)))
     nrows = math.ceil(len(arms) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), sharex=True, sharey=True, squeeze=False
+    )
     lo, hi = float(d["batch_size"].min()), float(d["batch_size"].max())
     for ax, arm in zip(axes.flat, arms):
         for (seed, run_id), g in d[d.arm == arm].groupby(["seed", "run_id"]):
@@ -778,7 +970,7 @@ def _fig_trajectories(traj: pd.DataFrame, dataset: str, arch: str, path: Path) -
         ax.set_title(arm, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(arms):]:
+    for ax in list(axes.flat)[len(arms) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
@@ -803,9 +995,16 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, df.to_csv(index=False, float_format="%.6g"))
 
 
-def build_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, *,
-                 bench: str | os.PathLike | None = None, bench_mode: str | None = None,
-                 baseline: str | None = None, window: int = 15, figures: bool = True) -> dict[str, Any]:
+def build_report(
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    *,
+    bench: str | os.PathLike | None = None,
+    bench_mode: str | None = None,
+    baseline: str | None = None,
+    window: int = 15,
+    figures: bool = True,
+) -> dict[str, Any]:
     """Read the runs, write report.md, the CSVs and the PNGs into ``out``; return the tables and paths."""
     runset = load_runs(inputs)
     out = Path(out) if out is not None else default_out(inputs)
@@ -825,31 +1024,55 @@ def build_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | N
     epoch_time = by_batch_size(traj, "train_time_s")
     grad_var = by_batch_size(traj, "grad_var")
     files = {}
-    for name, df in (("table1_thresholds.csv", t1), ("table2_taxonomy.csv", t2), ("table3_ablations.csv", t3),
-                     ("table3_summary.csv", t3s), ("table4_performance.csv", t4), ("runs.csv", runs_df),
-                     ("trajectories.csv", traj), ("epoch_time_by_batch.csv", epoch_time),
-                     ("grad_var_by_batch.csv", grad_var)):
+    for name, df in (
+        ("table1_thresholds.csv", t1),
+        ("table2_taxonomy.csv", t2),
+        ("table3_ablations.csv", t3),
+        ("table3_summary.csv", t3s),
+        ("table4_performance.csv", t4),
+        ("runs.csv", runs_df),
+        ("trajectories.csv", traj),
+        ("epoch_time_by_batch.csv", epoch_time),
+        ("grad_var_by_batch.csv", grad_var),
+    ):
         _write_csv(df, out / name)
         files[name] = out / name
     figs: list[tuple[str, str]] = []
     if figures:
         bench_df = None
         if bench_table is not None:
-            bench_df = pd.DataFrame([{"arch": a, "mode": m, "batch_size": b, "epoch_s": s * (50_000 // b)}
-                                     for (a, m), pts in bench_table.step_s.items() for b, s in pts.items()])
+            bench_df = pd.DataFrame(
+                [
+                    {"arch": a, "mode": m, "batch_size": b, "epoch_s": s * (50_000 // b)}
+                    for (a, m), pts in bench_table.step_s.items()
+                    for b, s in pts.items()
+                ]
+            )
         if not epoch_time.empty or bench_df is not None:
             p = out / "fig1_epoch_time_vs_batch.png"
             shared = max((r.concurrent_runs for r in runset.runs), default=1)
-            _fig_by_batch(epoch_time, "train_time_s", "training seconds per epoch (median over epochs)",
-                          "Figure 1: epoch time vs batch size" + (f" (runs shared the GPU, up to x{shared})"
-                                                                 if shared > 1 else ""), p, bench_df)
+            _fig_by_batch(
+                epoch_time,
+                "train_time_s",
+                "training seconds per epoch (median over epochs)",
+                "Figure 1: epoch time vs batch size"
+                + (f" (runs shared the GPU, up to x{shared})" if shared > 1 else ""),
+                p,
+                bench_df,
+            )
             figs.append(("Figure 1: epoch time vs batch size", p.name))
         for dataset, g in grad_var.groupby("dataset"):
             num = {"cifar10": "2", "cifar100": "3"}.get(dataset)
             p = out / (f"fig{num}_grad_var_{dataset}.png" if num else f"fig_grad_var_{dataset}.png")
-            _fig_by_batch(g, "grad_var", "gradient variance (median over epochs)",
-                          f"Figure {num or ''}: gradient variance vs batch size, {dataset}".replace("Figure :", "Figure:"),
-                          p)
+            _fig_by_batch(
+                g,
+                "grad_var",
+                "gradient variance (median over epochs)",
+                f"Figure {num or ''}: gradient variance vs batch size, {dataset}".replace(
+                    "Figure :", "Figure:"
+                ),
+                p,
+            )
             figs.append((f"gradient variance vs batch size, {dataset}", p.name))
         for (dataset, arch), _ in traj.groupby(["dataset", "arch"]):
             p = out / f"trajectory_{dataset}_{arch}.png"
@@ -860,97 +1083,271 @@ def build_report(inputs: Sequence[str | os.PathLike], out: str | os.PathLike | N
     md = render_markdown(runset, t1, t2, t3, t3s, t4, runs_df, figs, bench_table, window)
     atomic_write_text(out / "report.md", md)
     files["report.md"] = out / "report.md"
-    return {"out": out, "files": files, "table1": t1, "table2": t2, "table3": t3, "table3_summary": t3s,
-            "table4": t4, "runs": runs_df, "trajectories": traj, "notes": runset.notes}
+    return {
+        "out": out,
+        "files": files,
+        "table1": t1,
+        "table2": t2,
+        "table3": t3,
+        "table3_summary": t3s,
+        "table4": t4,
+        "runs": runs_df,
+        "trajectories": traj,
+        "notes": runset.notes,
+    }
 
 
 def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, window) -> str:
     statuses = runs_df["status"].value_counts().to_dict()
     epochs = sorted(runs_df["epochs"].unique().tolist())
     shared = sorted({int(c) for c in runs_df["concurrent_runs"]})
-    L = ["# Study report", "",
-         f"{len(runset.runs)} runs from {', '.join(runset.sources)}: "
-         + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())) + ".",
-         f"Epochs per run: {', '.join(map(str, epochs))} (the paper's numbers, shown beside ours, are for "
-         f"{PAPER_EPOCHS} epochs on its own H100 setup).",
-         "Devices: " + (", ".join(sorted({str(d) for d in runs_df["device_name"].dropna()})) or "not recorded") + ".",
-         "", "## Conventions", "",
-         "- Accuracy: final-epoch test accuracy (%); the best epoch's accuracy is shown beside it, never instead.",
-         "- `±`: sample standard deviation over seeds (ddof=1); blank with one seed.",
-         "- Δacc: mean final accuracy of the arm minus that of the fixed-batch arm of the same dataset, "
-         "architecture and epochs.",
-         "- Speedup: 1 - t / t_fixed paired per seed, mean ± std over the paired seeds (%). Throughput: mean "
-         "t_fixed / mean t over the same seeds. t = training time, evaluation excluded.",
-         "- Timing `shared xN`: the runs shared the GPU with N-1 others, so their times (and the speedups from "
-         "them) are not solo speeds. " + ("All runs here ran solo." if shared == [1] else
-                                         f"Concurrency seen here: {', '.join(map(str, shared))}."),
-         ("- Modelled solo time: per-step solo time from `deba bench` "
-          f"({bench.source}) at each epoch's batch size (log-log interpolation) times the epoch's steps, summed."
-          if bench is not None else "- No `--bench` file given: no modelled solo times."),
-         ""]
+    L = [
+        "# Study report",
+        "",
+        f"{len(runset.runs)} runs from {', '.join(runset.sources)}: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
+        + ".",
+        f"Epochs per run: {', '.join(map(str, epochs))} (the paper's numbers, shown beside ours, are for "
+        f"{PAPER_EPOCHS} epochs on its own H100 setup).",
+        "Devices: "
+        + (", ".join(sorted({str(d) for d in runs_df["device_name"].dropna()})) or "not recorded")
+        + ".",
+        "",
+        "## Conventions",
+        "",
+        "- Accuracy: final-epoch test accuracy (%); the best epoch's accuracy is shown beside it, never instead.",
+        "- `±`: sample standard deviation over seeds (ddof=1); blank with one seed.",
+        "- Δacc: mean final accuracy of the arm minus that of the fixed-batch arm of the same dataset, "
+        "architecture and epochs.",
+        "- Speedup: 1 - t / t_fixed paired per seed, mean ± std over the paired seeds (%). Throughput: mean "
+        "t_fixed / mean t over the same seeds. t = training time, evaluation excluded.",
+        "- Timing `shared xN`: the runs shared the GPU with N-1 others, so their times (and the speedups from "
+        "them) are not solo speeds. "
+        + (
+            "All runs here ran solo."
+            if shared == [1]
+            else f"Concurrency seen here: {', '.join(map(str, shared))}."
+        ),
+        (
+            "- Modelled solo time: per-step solo time from `deba bench` "
+            f"({bench.source}) at each epoch's batch size (log-log interpolation) times the epoch's steps, summed."
+            if bench is not None
+            else "- No `--bench` file given: no modelled solo times."
+        ),
+        "",
+    ]
     # Table 1 and 2
     L += ["## Table 1: calibrated thresholds (from the fixed-batch runs, seeds pooled)", ""]
     if t1.empty:
         L += ["Not available (needs deba.calibration and complete fixed-batch runs).", ""]
     else:
-        L += [f"theta_stab = 75th percentile of dnorm, theta_conf = median of conf (window {window}), epochs 2..T; "
-              "paper = its Table 1.", "",
-              markdown_table(["dataset", "arch", "epochs", "runs", "theta_stab", "paper", "theta_conf (ratio)", "paper",
-                              "theta_conf (bounded)"],
-                             [[r.dataset, r.arch, r.epochs, r.n_runs, _f(r.theta_stab, 3), _f(r.paper_theta_stab, 2),
-                               _f(r.theta_conf, 3), _f(r.paper_theta_conf, 2), _f(r.theta_conf_bounded, 3)]
-                              for r in t1.itertuples()]), ""]
+        L += [
+            f"theta_stab = 75th percentile of dnorm, theta_conf = median of conf (window {window}), epochs 2..T; "
+            "paper = its Table 1.",
+            "",
+            markdown_table(
+                [
+                    "dataset",
+                    "arch",
+                    "epochs",
+                    "runs",
+                    "theta_stab",
+                    "paper",
+                    "theta_conf (ratio)",
+                    "paper",
+                    "theta_conf (bounded)",
+                ],
+                [
+                    [
+                        r.dataset,
+                        r.arch,
+                        r.epochs,
+                        r.n_runs,
+                        _f(r.theta_stab, 3),
+                        _f(r.paper_theta_stab, 2),
+                        _f(r.theta_conf, 3),
+                        _f(r.paper_theta_conf, 2),
+                        _f(r.theta_conf_bounded, 3),
+                    ]
+                    for r in t1.itertuples()
+                ],
+            ),
+            "",
+        ]
     L += ["## Table 2: stability taxonomy (fixed-batch profiling)", ""]
     if t2.empty:
         L += ["Not available (needs deba.calibration and complete fixed-batch runs).", ""]
     else:
         dcols = [c for c in t2.columns if c.startswith("delta_acc[")]
-        L += ["mu_S, sigma_S: mean and sample std (ddof=1) of the stability score S over the fixed runs' seeds; "
-              "the paper profiled seeds 2, 42, 199.", "",
-              markdown_table(["dataset", "arch", "runs", "mu_S", "paper", "sigma_S", "paper", "class", "paper class",
-                              "prediction", *[f"Δacc {c[10:-1]}" for c in dcols], "paper Δacc"],
-                             [[r["dataset"], r["arch"], r["n_runs"], _f(r["mu_S"], 3), _f(r["paper_mu_S"], 3),
-                               _f(r["sigma_S"], 3), _f(r["paper_sigma_S"], 3), r["class"] or "", r["paper_class"],
-                               r["prediction"] or "", *[_signed(r[c]) for c in dcols], _signed(r["paper_delta_acc"], 1)]
-                              for _, r in t2.iterrows()]), ""]
+        L += [
+            "mu_S, sigma_S: mean and sample std (ddof=1) of the stability score S over the fixed runs' seeds; "
+            "the paper profiled seeds 2, 42, 199.",
+            "",
+            markdown_table(
+                [
+                    "dataset",
+                    "arch",
+                    "runs",
+                    "mu_S",
+                    "paper",
+                    "sigma_S",
+                    "paper",
+                    "class",
+                    "paper class",
+                    "prediction",
+                    *[f"Δacc {c[10:-1]}" for c in dcols],
+                    "paper Δacc",
+                ],
+                [
+                    [
+                        r["dataset"],
+                        r["arch"],
+                        r["n_runs"],
+                        _f(r["mu_S"], 3),
+                        _f(r["paper_mu_S"], 3),
+                        _f(r["sigma_S"], 3),
+                        _f(r["paper_sigma_S"], 3),
+                        r["class"] or "",
+                        r["paper_class"],
+                        r["prediction"] or "",
+                        *[_signed(r[c]) for c in dcols],
+                        _signed(r["paper_delta_acc"], 1),
+                    ]
+                    for _, r in t2.iterrows()
+                ],
+            ),
+            "",
+        ]
     # Table 3
     L += ["## Table 3: ablations (Δacc and speedup vs fixed batch)", ""]
     if t3.empty:
         L += ["No DEBA arm that is the baseline or a single ablation of it, with a fixed arm to compare.", ""]
     else:
-        L += ["Ablation columns as in the paper; a cooldown of c epochs in an E-epoch run is matched to the paper's "
-              "column by c x 100 / E. Paper values: its Table 3 (CIFAR-10).", "",
-              markdown_table(["dataset", "epochs", "preset", "arch", "ablation", "setting", "arm", "n", "Δacc", "paper",
-                              "speedup %", "paper", "timing"] + (["modelled speedup %"] if bench is not None else []),
-                             [[r["dataset"], r["epochs"], r["preset"], r["arch"], ABLATION_TITLES[r["ablation"]],
-                               r["setting"], r["arm"], r["n"], _signed(r["delta_acc"]), _signed(r["paper_delta_acc"]),
-                               _pm(r["speedup_pct"], r["speedup_pct_std"], 1), _f(r["paper_speedup_pct"], 1),
-                               r["timing"]] + ([_f(r["model_speedup_pct"], 1)] if bench is not None else [])
-                              for _, r in t3.iterrows()]), "",
-              markdown_table(["dataset", "epochs", "preset", "ablation", "degraded > 1 pt", "paper", "mean |Δacc|",
-                              "paper"],
-                             [[r["dataset"], r["epochs"], r["preset"], ABLATION_TITLES[r["ablation"]],
-                               r["degraded_gt_1pt"], r["paper_degraded_gt_1pt"], _f(r["mean_abs_delta_acc"]),
-                               _f(r["paper_mean_abs_delta_acc"])] for _, r in t3s.iterrows()]), ""]
+        L += [
+            "Ablation columns as in the paper; a cooldown of c epochs in an E-epoch run is matched to the paper's "
+            "column by c x 100 / E. Paper values: its Table 3 (CIFAR-10).",
+            "",
+            markdown_table(
+                [
+                    "dataset",
+                    "epochs",
+                    "preset",
+                    "arch",
+                    "ablation",
+                    "setting",
+                    "arm",
+                    "n",
+                    "Δacc",
+                    "paper",
+                    "speedup %",
+                    "paper",
+                    "timing",
+                ]
+                + (["modelled speedup %"] if bench is not None else []),
+                [
+                    [
+                        r["dataset"],
+                        r["epochs"],
+                        r["preset"],
+                        r["arch"],
+                        ABLATION_TITLES[r["ablation"]],
+                        r["setting"],
+                        r["arm"],
+                        r["n"],
+                        _signed(r["delta_acc"]),
+                        _signed(r["paper_delta_acc"]),
+                        _pm(r["speedup_pct"], r["speedup_pct_std"], 1),
+                        _f(r["paper_speedup_pct"], 1),
+                        r["timing"],
+                    ]
+                    + ([_f(r["model_speedup_pct"], 1)] if bench is not None else [])
+                    for _, r in t3.iterrows()
+                ],
+            ),
+            "",
+            markdown_table(
+                [
+                    "dataset",
+                    "epochs",
+                    "preset",
+                    "ablation",
+                    "degraded > 1 pt",
+                    "paper",
+                    "mean |Δacc|",
+                    "paper",
+                ],
+                [
+                    [
+                        r["dataset"],
+                        r["epochs"],
+                        r["preset"],
+                        ABLATION_TITLES[r["ablation"]],
+                        r["degraded_gt_1pt"],
+                        r["paper_degraded_gt_1pt"],
+                        _f(r["mean_abs_delta_acc"]),
+                        _f(r["paper_mean_abs_delta_acc"]),
+                    ]
+                    for _, r in t3s.iterrows()
+                ],
+            ),
+            "",
+        ]
     # Table 4
-    L += ["## Table 4: accuracy and training time, every arm vs fixed batch", "",
-          "Paper values (beside ours, in the `paper` columns) are its Table 4: `Fixed` beside our fixed arm, `DEBA` "
-          "beside each DEBA arm without ablation.", ""]
-    heads = ["dataset", "arch", "arm", "n", "acc %", "paper", "best-epoch acc %", "Δacc", "paper", "time s", "paper",
-             "speedup %", "paper", "throughput", "paper", "acc %/s", "timing"]
+    L += [
+        "## Table 4: accuracy and training time, every arm vs fixed batch",
+        "",
+        "Paper values (beside ours, in the `paper` columns) are its Table 4: `Fixed` beside our fixed arm, `DEBA` "
+        "beside each DEBA arm without ablation.",
+        "",
+    ]
+    heads = [
+        "dataset",
+        "arch",
+        "arm",
+        "n",
+        "acc %",
+        "paper",
+        "best-epoch acc %",
+        "Δacc",
+        "paper",
+        "time s",
+        "paper",
+        "speedup %",
+        "paper",
+        "throughput",
+        "paper",
+        "acc %/s",
+        "timing",
+    ]
     if bench is not None:
         heads += ["modelled solo time s", "modelled speedup %", "modelled throughput"]
     rows = []
     for _, r in t4.iterrows():
-        row = [r["dataset"], r["arch"], r["arm"], r["n"], _pm(r["acc_mean"], r["acc_std"]),
-               _pm(r["paper_acc"], r["paper_acc_std"]), _pm(r["best_acc_mean"], r["best_acc_std"]),
-               _signed(r["delta_acc"]), _signed(r["paper_delta_acc"]), _pm(r["time_s_mean"], r["time_s_std"], 0),
-               _pm(r["paper_time_s"], r["paper_time_s_std"], 0), _pm(r["speedup_pct"], r["speedup_pct_std"], 1),
-               _pm(r["paper_speedup_pct"], r["paper_speedup_pct_std"], 1), _x(r["throughput"]),
-               _x(r["paper_throughput"]), _f(r["acc_per_s"], 4), r["timing"]]
+        row = [
+            r["dataset"],
+            r["arch"],
+            r["arm"],
+            r["n"],
+            _pm(r["acc_mean"], r["acc_std"]),
+            _pm(r["paper_acc"], r["paper_acc_std"]),
+            _pm(r["best_acc_mean"], r["best_acc_std"]),
+            _signed(r["delta_acc"]),
+            _signed(r["paper_delta_acc"]),
+            _pm(r["time_s_mean"], r["time_s_std"], 0),
+            _pm(r["paper_time_s"], r["paper_time_s_std"], 0),
+            _pm(r["speedup_pct"], r["speedup_pct_std"], 1),
+            _pm(r["paper_speedup_pct"], r["paper_speedup_pct_std"], 1),
+            _x(r["throughput"]),
+            _x(r["paper_throughput"]),
+            _f(r["acc_per_s"], 4),
+            r["timing"],
+        ]
         if bench is not None:
-            row += [_pm(r["model_time_s_mean"], r["model_time_s_std"], 0),
-                    _pm(r["model_speedup_pct"], r["model_speedup_pct_std"], 1), _x(r["model_throughput"])]
+            row += [
+                _pm(r["model_time_s_mean"], r["model_time_s_std"], 0),
+                _pm(r["model_speedup_pct"], r["model_speedup_pct_std"], 1),
+                _x(r["model_throughput"]),
+            ]
         rows.append(row)
     L += [markdown_table(heads, rows), ""]
     # figures
@@ -958,22 +1355,59 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
         L += ["## Figures", ""]
         for title, name in figs:
             L += [f"### {title}", "", f"![{title}]({name})", ""]
-        L += ["Per-epoch values behind the figures: `epoch_time_by_batch.csv`, `grad_var_by_batch.csv`; every run's "
-              "trajectory, epoch by epoch: `trajectories.csv`.", ""]
+        L += [
+            "Per-epoch values behind the figures: `epoch_time_by_batch.csv`, `grad_var_by_batch.csv`; every run's "
+            "trajectory, epoch by epoch: `trajectories.csv`.",
+            "",
+        ]
     # runs
-    L += ["## Runs", "",
-          markdown_table(["run", "status", "acc %", "best %", "train s", "batch sizes", "up/down", "shared"],
-                         [[r.run_id, r.status, _f(r.final_test_acc), _f(r.best_test_acc), _f(r.train_time_s, 0),
-                           f"{r.start_batch_size} -> {r.final_batch_size} (max {r.max_batch_size})",
-                           f"{r.increases}/{r.rollbacks}", _timing_label(int(r.concurrent_runs))]
-                          for r in runs_df.itertuples()]), ""]
+    L += [
+        "## Runs",
+        "",
+        markdown_table(
+            ["run", "status", "acc %", "best %", "train s", "batch sizes", "up/down", "shared"],
+            [
+                [
+                    r.run_id,
+                    r.status,
+                    _f(r.final_test_acc),
+                    _f(r.best_test_acc),
+                    _f(r.train_time_s, 0),
+                    f"{r.start_batch_size} -> {r.final_batch_size} (max {r.max_batch_size})",
+                    f"{r.increases}/{r.rollbacks}",
+                    _timing_label(int(r.concurrent_runs)),
+                ]
+                for r in runs_df.itertuples()
+            ],
+        ),
+        "",
+    ]
     if runset.notes:
         L += ["## Notes", ""] + [f"- {n}" for n in runset.notes] + [""]
     return "\n".join(L)
 
 
 __all__ = [
-    "PAPER_TABLE2", "PAPER_TABLE3", "PAPER_TABLE3_SUMMARY", "PAPER_TABLE4", "ABLATIONS", "RunLog", "RunSet",
-    "BenchTable", "load_runs", "variant_of", "mean_std", "paired_speedup", "baseline_arms", "table4", "table3",
-    "table3_summary", "tables_1_2", "runs_table", "trajectories", "build_report", "default_out", "markdown_table",
+    "PAPER_TABLE2",
+    "PAPER_TABLE3",
+    "PAPER_TABLE3_SUMMARY",
+    "PAPER_TABLE4",
+    "ABLATIONS",
+    "RunLog",
+    "RunSet",
+    "BenchTable",
+    "load_runs",
+    "variant_of",
+    "mean_std",
+    "paired_speedup",
+    "baseline_arms",
+    "table4",
+    "table3",
+    "table3_summary",
+    "tables_1_2",
+    "runs_table",
+    "trajectories",
+    "build_report",
+    "default_out",
+    "markdown_table",
 ]

@@ -20,6 +20,7 @@ Inside an arm, ``datasets`` / ``archs`` restrict where that arm runs (Table 3's 
 only). Precedence, lowest first: common, data, arch_overrides, arm. Every run is a directory
 ``OUT/<dataset>/<arch>/<arm>/seed<seed>`` (``<arm>-<epochs>ep`` when the spec lists several epochs).
 """
+
 from __future__ import annotations
 
 import errno
@@ -44,14 +45,35 @@ from .errors import DebaError
 from .logio import atomic_write_text, dumps
 from .training.config import TrainConfig
 
-SPEC_KEYS = ("name", "description", "epochs", "datasets", "archs", "seeds", "common", "data", "arch_overrides", "arms")
+SPEC_KEYS = (
+    "name",
+    "description",
+    "epochs",
+    "datasets",
+    "archs",
+    "seeds",
+    "common",
+    "data",
+    "arch_overrides",
+    "arms",
+)
 # keys the grid sets itself; a spec that sets them elsewhere is ambiguous
 GRID_KEYS = ("arch", "dataset", "seed", "epochs", "out", "run_name", "quiet", "concurrent_runs")
 ARM_FILTER_KEYS = ("datasets", "archs")
 # keys that may differ between a run's saved config.json and the spec without making it another run:
 # where it runs and how it reports, not what it computes
-NON_IDENTITY_KEYS = {"schema_version", "out", "quiet", "concurrent_runs", "device", "tensorboard",
-                     "checkpoint_every", "data", "download", "run_name"}
+NON_IDENTITY_KEYS = {
+    "schema_version",
+    "out",
+    "quiet",
+    "concurrent_runs",
+    "device",
+    "tensorboard",
+    "checkpoint_every",
+    "data",
+    "download",
+    "run_name",
+}
 RUN_OUTPUTS = ("config.json", "epochs.jsonl", "summary.json", "decisions.jsonl")
 PACKED_FILES = RUN_OUTPUTS + ("run.log",)
 SPEC_COPY = "study.yaml"
@@ -126,8 +148,10 @@ def _need_mapping(v: Any, what: str, source: str, options: bool = False) -> dict
 
 def _check_name(name: str, what: str, source: str) -> None:
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
-        raise DebaError(f"{source}: {what} name {name!r} must be letters, digits, '.', '_', '+' or '-' "
-                        "(it becomes a directory name)")
+        raise DebaError(
+            f"{source}: {what} name {name!r} must be letters, digits, '.', '_', '+' or '-' "
+            "(it becomes a directory name)"
+        )
 
 
 def parse_spec(data: Any, source: str = "spec", text: str = "") -> StudySpec:
@@ -135,7 +159,9 @@ def parse_spec(data: Any, source: str = "spec", text: str = "") -> StudySpec:
         raise DebaError(f"{source}: a study spec must be a mapping")
     unknown = sorted(set(data) - set(SPEC_KEYS))
     if unknown:
-        raise DebaError(f"{source}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(SPEC_KEYS)})")
+        raise DebaError(
+            f"{source}: unknown key(s) {', '.join(map(str, unknown))} (known: {', '.join(SPEC_KEYS)})"
+        )
     name = data.get("name") or Path(source).stem
     _check_name(str(name), "study", source)
     epochs = _need_list(data, "epochs", source, int)
@@ -168,15 +194,31 @@ def parse_spec(data: Any, source: str = "spec", text: str = "") -> StudySpec:
                 # names outside the grid are allowed: narrowing `archs` must not break the arms' filters
                 ov[key] = _need_list(ov, key, f"{source}: arms.{arm}", str)
         arms[arm] = ov
-    for where, mapping in [("common", common)] + [(f"arch_overrides.{a}", m) for a, m in arch_overrides.items()] + [
-            (f"arms.{a}", m) for a, m in arms.items()]:
+    for where, mapping in (
+        [("common", common)]
+        + [(f"arch_overrides.{a}", m) for a, m in arch_overrides.items()]
+        + [(f"arms.{a}", m) for a, m in arms.items()]
+    ):
         clash = [k for k in GRID_KEYS if k in mapping]
         if clash:
-            raise DebaError(f"{source}: {where} sets {', '.join(clash)}, which the grid sets itself "
-                            "(use the spec's top-level epochs / datasets / archs / seeds)")
-    return StudySpec(name=str(name), epochs=epochs, datasets=datasets, archs=archs, seeds=seeds, arms=arms,
-                     common=common, data=data_paths, arch_overrides=arch_overrides,
-                     description=data.get("description"), source=source, text=text)
+            raise DebaError(
+                f"{source}: {where} sets {', '.join(clash)}, which the grid sets itself "
+                "(use the spec's top-level epochs / datasets / archs / seeds)"
+            )
+    return StudySpec(
+        name=str(name),
+        epochs=epochs,
+        datasets=datasets,
+        archs=archs,
+        seeds=seeds,
+        arms=arms,
+        common=common,
+        data=data_paths,
+        arch_overrides=arch_overrides,
+        description=data.get("description"),
+        source=source,
+        text=text,
+    )
 
 
 def load_spec(path: str | os.PathLike, data_overrides: Mapping[str, str] | None = None) -> StudySpec:
@@ -193,7 +235,9 @@ def load_spec(path: str | os.PathLike, data_overrides: Mapping[str, str] | None 
     spec = parse_spec(data, source=str(path), text=text)
     for d, p in (data_overrides or {}).items():
         if d not in spec.datasets:
-            raise DebaError(f"--data {d}=...: {d!r} is not one of the spec's datasets ({', '.join(spec.datasets)})")
+            raise DebaError(
+                f"--data {d}=...: {d!r} is not one of the spec's datasets ({', '.join(spec.datasets)})"
+            )
         spec.data[d] = p
     return spec
 
@@ -205,8 +249,15 @@ def _check_policy_thresholds(cfg: TrainConfig, source: str) -> None:
     from .policy import DEFAULT_PRESET, deba_config
 
     try:
-        deba_config(cfg.preset or DEFAULT_PRESET, cfg.arch, universal_thresholds=cfg.universal_thresholds,
-                    theta_stab=cfg.theta_stab, theta_conf=cfg.theta_conf, cooldown=cfg.cooldown, window=cfg.window)
+        deba_config(
+            cfg.preset or DEFAULT_PRESET,
+            cfg.arch,
+            universal_thresholds=cfg.universal_thresholds,
+            theta_stab=cfg.theta_stab,
+            theta_conf=cfg.theta_conf,
+            cooldown=cfg.cooldown,
+            window=cfg.window,
+        )
     except (ValueError, TypeError) as e:
         raise DebaError(f"{source}: {e}") from None
 
@@ -290,7 +341,9 @@ class RunLock:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     return False
-                raise DebaError(f"{self.path}: cannot lock ({e.strerror}); does this filesystem support flock?") from None
+                raise DebaError(
+                    f"{self.path}: cannot lock ({e.strerror}); does this filesystem support flock?"
+                ) from None
             # the previous owner may have unlinked the file between our open and our flock: then we hold a
             # lock on a file nobody else sees, and must try again on the current one
             try:
@@ -342,8 +395,9 @@ def _read_json_quiet(path: Path) -> dict | None:
 
 def config_conflicts(saved: Mapping[str, Any], planned: Mapping[str, Any]) -> list[str]:
     """Keys where a run's saved config.json says something else than the spec now does."""
-    return sorted(k for k, v in planned.items()
-                  if k not in NON_IDENTITY_KEYS and k in saved and saved[k] != v)
+    return sorted(
+        k for k, v in planned.items() if k not in NON_IDENTITY_KEYS and k in saved and saved[k] != v
+    )
 
 
 def run_status(plan: RunPlan, out: Path, check_lock: bool = True) -> tuple[str, str]:
@@ -357,7 +411,8 @@ def run_status(plan: RunPlan, out: Path, check_lock: bool = True) -> tuple[str, 
         if diff:
             k = diff[0]
             return "conflict", f"{k}: {saved[k]!r} in {d / 'config.json'}, {plan.config[k]!r} in the spec" + (
-                f" (and {len(diff) - 1} more)" if len(diff) > 1 else "")
+                f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+            )
     summary = _read_json_quiet(d / "summary.json") or {}
     status = str(summary.get("status", ""))
     if status == "complete":
@@ -400,7 +455,9 @@ def _clear_partial(run_dir: Path) -> None:
 @dataclass
 class RunOutcome:
     run_id: str
-    status: str  # complete, stopped, failed, interrupted, skipped-running, conflict, (and the run_status ones)
+    status: (
+        str  # complete, stopped, failed, interrupted, skipped-running, conflict, (and the run_status ones)
+    )
     detail: str = ""
     seconds: float | None = None
 
@@ -425,8 +482,9 @@ class _Active:
     resumed: bool
 
 
-def _launch(plan: RunPlan, out: Path, concurrent: int, train_command: Sequence[str], lock: RunLock,
-            resume: bool) -> _Active:
+def _launch(
+    plan: RunPlan, out: Path, concurrent: int, train_command: Sequence[str], lock: RunLock, resume: bool
+) -> _Active:
     d = plan.dir(out)
     if not resume:
         _clear_partial(d)
@@ -441,8 +499,15 @@ def _launch(plan: RunPlan, out: Path, concurrent: int, train_command: Sequence[s
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         # a session of its own: the study decides when its runs stop (and stops their workers with them)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, pass_fds=(lock.fd,))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            pass_fds=(lock.fd,),
+        )
     except OSError:
         log.close()
         raise
@@ -496,9 +561,17 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, shard: tuple[int, int] | None = None,
-              train_command: Sequence[str] | None = None, time_limit_s: float | None = None,
-              poll_s: float = 0.2, log: Callable[[str], None] | None = None) -> StudyResult:
+def run_study(
+    spec: StudySpec,
+    out: str | os.PathLike,
+    *,
+    parallel: int = 1,
+    shard: tuple[int, int] | None = None,
+    train_command: Sequence[str] | None = None,
+    time_limit_s: float | None = None,
+    poll_s: float = 0.2,
+    log: Callable[[str], None] | None = None,
+) -> StudyResult:
     """Run every unfinished run of (this shard of) the grid, ``parallel`` at a time.
 
     Finished runs (summary status complete, or stopped by the trainer) are never redone; a run with a
@@ -516,8 +589,10 @@ def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, sha
     conflicts = [(p, st) for p, st in conflicts if st[0] == "conflict"]
     if conflicts:
         p, (_, detail) = conflicts[0]
-        raise DebaError(f"run {p.run_id} in {out} was made with another config ({detail}); use another --out "
-                        f"or delete that run" + (f" ({len(conflicts)} runs conflict)" if len(conflicts) > 1 else ""))
+        raise DebaError(
+            f"run {p.run_id} in {out} was made with another config ({detail}); use another --out "
+            f"or delete that run" + (f" ({len(conflicts)} runs conflict)" if len(conflicts) > 1 else "")
+        )
     for d, path in spec.data.items():
         if d in spec.datasets and not Path(os.path.expandvars(os.path.expanduser(path))).exists():
             raise DebaError(f"data for {d} not found: {path} (set it with --data {d}=PATH)")
@@ -534,8 +609,10 @@ def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, sha
         else:
             queue.append(p)
     concurrent = max(1, min(parallel, len(queue)))
-    log(f"study {spec.name}: {len(plans)} runs in this {'shard' if shard else 'grid'}, "
-        f"{len(plans) - len(queue)} finished, {len(queue)} to run, {concurrent} at a time")
+    log(
+        f"study {spec.name}: {len(plans)} runs in this {'shard' if shard else 'grid'}, "
+        f"{len(plans) - len(queue)} finished, {len(queue)} to run, {concurrent} at a time"
+    )
     active: list[_Active] = []
     started = time.monotonic()
     previous_handler = None
@@ -549,8 +626,10 @@ def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, sha
             over = time_limit_s is not None and time.monotonic() - started >= time_limit_s
             if over and not time_limit_hit:
                 time_limit_hit = True
-                log(f"time limit of {time_limit_s:.0f}s reached: stopping {len(active)} running run(s), "
-                    f"{len(queue)} not started")
+                log(
+                    f"time limit of {time_limit_s:.0f}s reached: stopping {len(active)} running run(s), "
+                    f"{len(queue)} not started"
+                )
                 for a in active:
                     _stop(a)
                 for a in active:
@@ -599,7 +678,9 @@ def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, sha
                 log(f"  {o.status:11s} {o.run_id}  {o.detail}")
             active = still
     except BaseException:
-        for a in active:  # Ctrl-C, SIGTERM or an error of ours: leave no run of ours behind, each one resumable
+        for (
+            a
+        ) in active:  # Ctrl-C, SIGTERM or an error of ours: leave no run of ours behind, each one resumable
             _stop(a, grace_s=10.0)
             a.log.close()
             a.lock.release()
@@ -613,7 +694,9 @@ def run_study(spec: StudySpec, out: str | os.PathLike, *, parallel: int = 1, sha
     return StudyResult(ordered, code, time_limit_hit)
 
 
-def plan_table(spec: StudySpec, out: str | os.PathLike, shard: tuple[int, int] | None = None) -> list[tuple[RunPlan, str, str]]:
+def plan_table(
+    spec: StudySpec, out: str | os.PathLike, shard: tuple[int, int] | None = None
+) -> list[tuple[RunPlan, str, str]]:
     out = Path(out)
     return [(p, *run_status(p, out)) for p in shard_plans(expand(spec), shard)]
 
@@ -629,7 +712,9 @@ def pack_study(spec: StudySpec, out: str | os.PathLike, archive: str | os.PathLi
     n = 0
     try:
         with tarfile.open(tmp, "w:gz") as tar:
-            spec_text = (out / SPEC_COPY).read_text(encoding="utf-8") if (out / SPEC_COPY).is_file() else spec.text
+            spec_text = (
+                (out / SPEC_COPY).read_text(encoding="utf-8") if (out / SPEC_COPY).is_file() else spec.text
+            )
             if spec_text:
                 _add_bytes(tar, SPEC_COPY, spec_text.encode("utf-8"))
             for p in expand(spec):
@@ -709,7 +794,25 @@ def read_archive_runs(archive: str | os.PathLike) -> dict[str, dict[str, str]]:
 
 
 __all__ = [
-    "StudySpec", "RunPlan", "RunLock", "RunOutcome", "StudyResult", "load_spec", "parse_spec", "expand",
-    "parse_shard", "shard_plans", "run_status", "run_study", "plan_table", "pack_study", "restore_archives",
-    "read_archive_runs", "default_train_command", "config_conflicts", "EXIT_OK", "EXIT_FAILED", "EXIT_TIME_LIMIT",
+    "StudySpec",
+    "RunPlan",
+    "RunLock",
+    "RunOutcome",
+    "StudyResult",
+    "load_spec",
+    "parse_spec",
+    "expand",
+    "parse_shard",
+    "shard_plans",
+    "run_status",
+    "run_study",
+    "plan_table",
+    "pack_study",
+    "restore_archives",
+    "read_archive_runs",
+    "default_train_command",
+    "config_conflicts",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_TIME_LIMIT",
 ]

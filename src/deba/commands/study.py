@@ -1,4 +1,5 @@
 """`deba study SPEC.yaml --out DIR`: run a grid of training runs (resumable, shardable, packable)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,30 +10,63 @@ from ..errors import DebaError
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "study", help="run a grid of training runs (resumable, shardable) and pack their logs",
+        "study",
+        help="run a grid of training runs (resumable, shardable) and pack their logs",
         description="Expand a study spec (archs x datasets x seeds x arms x epochs) into runs, each its own "
-                    "`deba train` process, --parallel at once. Finished runs are never redone; interrupted ones "
-                    "resume from their checkpoint. Exit code: 0 all done, 1 a run failed, 3 time limit reached "
-                    "with runs left (run the same command again to continue), 2 bad input.")
+        "`deba train` process, --parallel at once. Finished runs are never redone; interrupted ones "
+        "resume from their checkpoint. Exit code: 0 all done, 1 a run failed, 3 time limit reached "
+        "with runs left (run the same command again to continue), 2 bad input.",
+    )
     p.add_argument("spec", help="study spec (YAML), e.g. studies/quick.yaml")
-    p.add_argument("--out", required=True, help="study folder: one sub-folder per run, dataset/arch/arm/seedN")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="runs at once on this machine; their times are labelled shared (concurrent_runs=N)")
-    p.add_argument("--shard", metavar="i/n", help="only run k of the sorted grid with k %% n == i (0 <= i < n)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs of this shard and their status; run nothing")
-    p.add_argument("--pack", metavar="FILE.tar.gz",
-                   help="afterwards, write every run's config/epochs/summary/run.log (no checkpoints) and the spec "
-                        "into one archive, for `deba report`")
+    p.add_argument(
+        "--out", required=True, help="study folder: one sub-folder per run, dataset/arch/arm/seedN"
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="runs at once on this machine; their times are labelled shared (concurrent_runs=N)",
+    )
+    p.add_argument(
+        "--shard", metavar="i/n", help="only run k of the sorted grid with k %% n == i (0 <= i < n)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="list the runs of this shard and their status; run nothing"
+    )
+    p.add_argument(
+        "--pack",
+        metavar="FILE.tar.gz",
+        help="afterwards, write every run's config/epochs/summary/run.log (no checkpoints) and the spec "
+        "into one archive, for `deba report`",
+    )
     p.add_argument("--pack-only", action="store_true", help="with --pack: pack what is there, run nothing")
-    p.add_argument("--restore", metavar="FILE.tar.gz", action="append", default=[],
-                   help="first put the finished runs of an earlier --pack archive back under --out, so they are "
-                        "not redone (repeatable)")
-    p.add_argument("--data", metavar="DATASET=PATH", action="append", default=[],
-                   help="where a dataset's files are, overriding the spec's `data` (repeatable)")
-    p.add_argument("--time-limit", type=float, metavar="SECONDS",
-                   help="start no run after this many seconds and stop running ones at it (they resume next time)")
-    p.add_argument("--train-command", metavar="CMD",
-                   help="command that trains one run (default: this Python's `-m deba train`)")
+    p.add_argument(
+        "--restore",
+        metavar="FILE.tar.gz",
+        action="append",
+        default=[],
+        help="first put the finished runs of an earlier --pack archive back under --out, so they are "
+        "not redone (repeatable)",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DATASET=PATH",
+        action="append",
+        default=[],
+        help="where a dataset's files are, overriding the spec's `data` (repeatable)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="start no run after this many seconds and stop running ones at it (they resume next time)",
+    )
+    p.add_argument(
+        "--train-command",
+        metavar="CMD",
+        help="command that trains one run (default: this Python's `-m deba train`)",
+    )
     return p
 
 
@@ -71,8 +105,14 @@ def run(args: argparse.Namespace) -> int:
     code = 0
     if not args.pack_only:
         command = shlex.split(args.train_command) if args.train_command else None
-        result = study.run_study(spec, args.out, parallel=args.parallel, shard=shard, train_command=command,
-                                 time_limit_s=args.time_limit)
+        result = study.run_study(
+            spec,
+            args.out,
+            parallel=args.parallel,
+            shard=shard,
+            train_command=command,
+            time_limit_s=args.time_limit,
+        )
         counts = {}
         for o in result.outcomes:
             counts[o.status] = counts.get(o.status, 0) + 1
