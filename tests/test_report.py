@@ -215,6 +215,57 @@ def test_paper_numbers_beside_ours(study_dir):
     assert uni.mean_abs_delta_acc == pytest.approx(abs(d_uni)) and uni.paper_degraded_gt_1pt == "3/6"
 
 
+def _expected_calibration(logs: list[list[dict]], window: int = 15) -> dict:
+    """Spec section 2, worked out directly with NumPy float64."""
+    dnorm, conf_ratio, conf_bounded, scores = [], [], [], []
+    for recs in logs:
+        gv = np.array([r["grad_var"] for r in recs], dtype=np.float64)
+        norm = np.array([r["grad_norm"] for r in recs], dtype=np.float64)
+        loss = np.array([r["loss"] for r in recs], dtype=np.float64)
+        dn = np.abs(np.diff(norm)) / (np.abs(norm[:-1]) + 1e-8)
+        dl = np.abs(np.diff(loss)) / (np.abs(loss[:-1]) + 1e-8)
+        med = np.array([np.median(gv[max(0, t - window + 1) : t + 1]) for t in range(1, len(gv))])
+        dnorm += list(dn)
+        conf_ratio += list(gv[1:] / (med + 1e-8))
+        conf_bounded += list(gv[1:] / (gv[1:] + med + 1e-8))
+        scores.append(1.0 / (1.0 + gv.std() / gv.mean() + dn.mean() + dl.mean()))
+    mu, sigma = float(np.mean(scores)), float(np.std(scores, ddof=1))
+    if sigma > 0.15:
+        cls = "dynamically stable"
+    elif mu > 0.54:
+        cls = "overly stable"
+    elif 0.45 <= mu <= 0.54:
+        cls = "moderately stable"
+    elif mu < 0.26:
+        cls = "naturally unstable"
+    else:
+        cls = "intermediate"
+    return {"theta_stab": np.percentile(dnorm, 75), "theta_conf": np.median(conf_ratio),
+            "theta_conf_bounded": np.median(conf_bounded), "mu_S": mu, "sigma_S": sigma, "class": cls}
+
+
+def test_tables_1_and_2_from_the_fixed_runs(study_dir):
+    pytest.importorskip("deba.calibration")
+    rs = report.load_runs([study_dir])
+    t4 = report.table4(rs)
+    t1, t2 = report.tables_1_2(rs, t4)
+    logs = [report.load_runs([study_dir / "cifar10" / "resnet18" / "fixed"]).runs[i].records for i in range(3)]
+    exp = _expected_calibration(logs)
+    (r1,) = t1.itertuples()
+    assert (r1.arch, r1.n_runs, r1.paper_theta_stab, r1.paper_theta_conf) == ("resnet18", 3, 0.55, 0.6)
+    assert r1.theta_stab == pytest.approx(exp["theta_stab"], rel=1e-9)
+    assert r1.theta_conf == pytest.approx(exp["theta_conf"], rel=1e-9)
+    assert r1.theta_conf_bounded == pytest.approx(exp["theta_conf_bounded"], rel=1e-9)
+    r2 = t2.iloc[0]
+    assert r2["mu_S"] == pytest.approx(exp["mu_S"], rel=1e-9)
+    assert r2["sigma_S"] == pytest.approx(exp["sigma_S"], rel=1e-9)
+    assert r2["class"] == exp["class"]
+    assert (r2["paper_mu_S"], r2["paper_class"]) == (0.487, "moderately stable")
+    # the DEBA arm without ablation carries its delta acc beside the taxonomy; ablations do not
+    assert r2["delta_acc[paper-bounded]"] == pytest.approx(_row(t4, "paper-bounded").delta_acc)
+    assert "delta_acc[bounded-universal]" not in t2.columns
+
+
 @pytest.mark.parametrize(
     "config, expected",
     [
@@ -372,7 +423,9 @@ def test_full_report_files(study_dir, tmp_path, capsys):
         import deba.calibration  # noqa: F401
     except ImportError:
         calib = False
-    if not calib:
+    if calib:  # Tables 1 and 2: one row for the one fixed arm, paper values beside
+        assert "| cifar10 | resnet18 | 20 | 3 |" in md and "moderately stable" in md
+    else:
         assert "needs deba.calibration" in md
 
 

@@ -711,19 +711,29 @@ def table3_summary(t3: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _calibrate(logs: list[list[dict]], window: int, conf_mode: str) -> dict | None:
+def _calibrate(runs: Sequence[RunLog], window: int, conf_mode: str, notes: list[str]) -> dict | None:
+    """deba.calibration on these runs' logs (seeds pooled); None, with a note, where it cannot."""
     try:
         from .calibration import calibrate
     except ImportError:
+        note = "Tables 1 and 2 need deba.calibration, which is not available"
+        if note not in notes:
+            notes.append(note)
         return None
-    return calibrate(logs, window=window, conf_mode=conf_mode)
+    try:
+        return calibrate([r.records for r in runs], window=window, conf_mode=conf_mode,
+                         names=[f"{r.source}:{r.run_id}" for r in runs])
+    except DebaError as e:
+        notes.append(f"calibration ({conf_mode}) skipped: {e}")
+        return None
 
 
 def tables_1_2(
     runset: RunSet, t4: pd.DataFrame, baseline: str | None = None, window: int = 15
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 1 (calibrated thresholds) and Table 2 (stability taxonomy) from the fixed arm's runs, seeds pooled,
-    through deba.calibration. Empty frames when deba.calibration is unavailable."""
+    through deba.calibration (conf recomputed from grad_var, never read from the log). A group that cannot be
+    calibrated (too few epochs, say) is left out with a note; empty frames without deba.calibration."""
     base_of = baseline_arms(runset.runs, baseline)
     t1, t2 = [], []
     groups = _by_group(runset.runs)
@@ -731,12 +741,10 @@ def tables_1_2(
         fixed = [r for r in groups.get((dataset, arch, epochs, arm), []) if r.complete]
         if not fixed:
             continue
-        logs = [r.records for r in fixed]
-        ratio = _calibrate(logs, window, "ratio")
+        ratio = _calibrate(fixed, window, "ratio", runset.notes)
         if ratio is None:
-            runset.notes.append("Tables 1 and 2 need deba.calibration, which is not available")
-            return pd.DataFrame(), pd.DataFrame()
-        bounded = _calibrate(logs, window, "bounded") or {}
+            continue
+        bounded = _calibrate(fixed, window, "bounded", runset.notes) or {}
         paper1 = TABLE1_THRESHOLDS.get(canonical_arch(arch))
         t1.append(
             {
