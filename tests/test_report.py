@@ -402,6 +402,7 @@ def test_full_report_files(study_dir, tmp_path, capsys):
     assert main(["report", str(study_dir), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "ddof=1" in md and "shared x2" in md and "83.05 ± 0.51" in md
+    assert "| cifar10 | resnet18 | paper-bounded | 3 (+1 not complete) | 81.83 ± 0.76 | 85.48 ± 0.66 |" in md
     for name in (
         "fig1_epoch_time_vs_batch.png",
         "fig2_grad_var_cifar10.png",

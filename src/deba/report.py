@@ -1304,6 +1304,7 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
     L += [
         "## Table 4: accuracy and training time, every arm vs fixed batch",
         "",
+        "n counts complete runs; stopped or unfinished runs are listed under Runs and left out of the means. "
         "Paper values (beside ours, in the `paper` columns) are its Table 4: `Fixed` beside our fixed arm, `DEBA` "
         "beside each DEBA arm without ablation.",
         "",
@@ -1335,7 +1336,7 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
             r["dataset"],
             r["arch"],
             r["arm"],
-            r["n"],
+            f"{r['n']}" + (f" (+{r['n_incomplete']} not complete)" if r["n_incomplete"] else ""),
             _pm(r["acc_mean"], r["acc_std"]),
             _pm(r["paper_acc"], r["paper_acc_std"]),
             _pm(r["best_acc_mean"], r["best_acc_std"]),
