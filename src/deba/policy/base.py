@@ -10,6 +10,7 @@ instead (``decision_interval``); the window and the cooldown are then counted in
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,8 @@ class DecisionRecord:
 
 
 def is_finite_number(x: Any) -> bool:
-    return x is not None and isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    # numbers.Real, not (int, float): a finite NumPy float32 (not a float subclass) is a finite signal
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def relative_change(current: float, previous: float, eps: float = EPS) -> float:
@@ -112,13 +114,14 @@ class SignalTracker:
     def update(self, grad_var, grad_norm, loss) -> TrackedSignals:
         if not all(is_finite_number(v) for v in (grad_var, grad_norm, loss)):
             return TrackedSignals(None, None, None, non_finite=True, first=self.prev_norm is None)
-        self._values.append(float(grad_var))
+        grad_var, grad_norm, loss = float(grad_var), float(grad_norm), float(loss)
+        self._values.append(grad_var)
         first = self.prev_norm is None
         # the first period's grad_var enters the window, but its conf is undefined (spec section 1)
-        conf = None if first else confidence(float(grad_var), statistics.median(self._values), self.conf_mode)
+        conf = None if first else confidence(grad_var, statistics.median(self._values), self.conf_mode)
         dnorm = None if first else relative_change(grad_norm, self.prev_norm)
         dloss = None if first else relative_change(loss, self.prev_loss)
-        self.prev_norm, self.prev_loss = float(grad_norm), float(loss)
+        self.prev_norm, self.prev_loss = grad_norm, loss
         return TrackedSignals(dnorm, dloss, conf, non_finite=False, first=first)
 
     def state_dict(self) -> dict:
