@@ -1,0 +1,64 @@
+"""`deba bench`: per-step and per-epoch training time by architecture, batch size and step kind."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import DebaError
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """Accept `--arch a b`, `--arch a,b` and repeated flags alike."""
+    if not values:
+        return None
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    if not out:
+        raise DebaError("empty list")
+    return out
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "bench",
+        help="time the training step (eager and CUDA graph) per architecture and batch size",
+        description="Time one SGD training step on random data already on the device, per architecture, batch "
+        "size and mode (eager, graph), and model the epoch as step time x (50000 // B). Also measures DEBA's "
+        "overhead (signal accumulation every step plus the end-of-epoch read) as %% of the epoch. Defaults on "
+        "CUDA: the paper's six models at B 64..2048, eager and graph; on the CPU: tiny_cnn and resnet18 at B 8, "
+        "16, eager only.",
+    )
+    p.add_argument("--arch", nargs="+", metavar="ARCH", help="architectures (torchvision names, tiny_cnn, or "
+                   "package.module:function); space or comma separated")
+    p.add_argument("--batch-sizes", nargs="+", metavar="B", help="batch sizes, space or comma separated")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--modes", nargs="+", metavar="MODE", help="eager, graph (graph needs CUDA; skipped elsewhere)")
+    p.add_argument("--steps", type=int, metavar="N", help="timed steps per measurement (default 50 on CUDA, 5 on CPU)")
+    p.add_argument("--warmup", type=int, metavar="N", help="untimed steps first (default 10 on CUDA, 2 on CPU)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast around forward and loss")
+    p.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last memory format")
+    p.add_argument("--epoch-samples", type=int, default=50_000, metavar="N",
+                   help="images per epoch for the modelled epoch time (default: CIFAR's 50000)")
+    p.add_argument("--no-overhead", action="store_true", help="skip the signals-overhead measurement")
+    p.add_argument("--out", metavar="FILE.json", help="write the records as JSON")
+    p.add_argument("--markdown", metavar="FILE.md", help="write the tables as markdown")
+    p.add_argument("--plot", metavar="FILE.png", help="plot epoch time against batch size (the paper's Figure 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import bench
+
+    settings = bench.make_settings(
+        archs=_split(args.arch), batch_sizes=_split(args.batch_sizes), device=args.device, modes=_split(args.modes),
+        steps=args.steps, warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,
+        epoch_samples=args.epoch_samples, overhead=not args.no_overhead,
+    )
+    progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    for note in settings.notes:
+        if progress:
+            progress(note)
+    result = bench.run_bench(settings, progress=progress)
+    bench.write_outputs(result, out=args.out, markdown_path=args.markdown, plot_path=args.plot)
+    print(bench.markdown(result), end="")
+    return 0

@@ -1,0 +1,370 @@
+"""The training step on CPU. The CUDA-graph step is exercised with its capture replaced by a fake graph
+whose replay runs the captured function, so everything around the capture (static buffers, warm-up
+that changes nothing, gradients zeroed in place, the functional SGD update with a tensor learning rate,
+the cache by shape, fallback and OOM handling, state round trips) is tested without a GPU."""
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deba.errors import DebaError
+from deba.models import build_model
+from deba.signals import GradientSignals
+from deba.training import step as step_mod
+from deba.training.step import OOM_ERROR, EagerStep, GraphStep, make_step, sgd_update
+
+torch.set_num_threads(1)
+LR, MOM, WD = 0.05, 0.9, 5e-4
+
+
+def _data(n, seed=0, dtype=torch.float32, classes=10):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+
+
+def _model(name, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return build_model(name, num_classes=10).to(dtype)
+
+
+class _FakeGraph:
+    def __init__(self, fn):
+        self.fn = fn
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+        self.fn()
+
+
+def _fake_capture(self, x, y):
+    return {"graph": _FakeGraph(lambda: self._captured_step(x, y)), "x": x, "y": y}
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    monkeypatch.setattr(GraphStep, "_capture", _fake_capture)
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+# --- eager step against a hand-written float64 reference --------------------------------------------
+def test_eager_step_matches_hand_written_sgd():
+    model = _model("tiny_mlp")
+    reference = copy.deepcopy(model)
+    step = make_step(model, lr=LR, momentum=MOM, weight_decay=WD, mode="eager")
+    assert step.mode == "eager" and step.lr == LR
+    ref_params = [p.detach().numpy().copy() for p in reference.parameters()]
+    bufs = [None] * len(ref_params)
+    lrs = [LR, LR, 0.2]  # the third step runs at a new learning rate
+    for i, lr in enumerate(lrs):
+        x, y = _data(16, seed=i, dtype=torch.float64)
+        step.set_lr(lr)
+        assert step.lr == lr
+        step(x, y)
+        # reference: gradient by autograd at the reference parameters, update by hand in NumPy
+        with torch.no_grad():
+            for p, v in zip(reference.parameters(), ref_params):
+                p.copy_(torch.from_numpy(v))
+        reference.zero_grad(set_to_none=True)
+        F.cross_entropy(reference(x), y).backward()
+        for j, p in enumerate(reference.parameters()):
+            d_p = p.grad.numpy() + WD * ref_params[j]
+            bufs[j] = d_p.copy() if bufs[j] is None else MOM * bufs[j] + d_p
+            ref_params[j] = ref_params[j] - lr * bufs[j]
+        for p, v in zip(model.parameters(), ref_params):
+            np.testing.assert_allclose(p.detach().numpy(), v, rtol=1e-12, atol=1e-14)
+
+
+def test_set_lr_takes_effect():
+    x, y = _data(8)
+    runs = {}
+    for lr in (0.01, 0.1):
+        model = _model("tiny_mlp", dtype=torch.float32)
+        before = _params(model)
+        step = make_step(model, lr=0.01, momentum=0.0, weight_decay=0.0, mode="eager")
+        step.set_lr(lr)
+        step(x, y)
+        runs[lr] = [a - p.detach() for a, p in zip(before, model.parameters())]
+    # plain SGD without momentum: the displacement is proportional to the learning rate
+    for small, big in zip(runs[0.01], runs[0.1]):
+        torch.testing.assert_close(big, 10 * small, rtol=1e-4, atol=1e-7)
+
+
+# --- the functional update used by the graph step ----------------------------------------------------
+@pytest.mark.parametrize("momentum, weight_decay", [(0.9, 5e-4), (0.9, 0.0), (0.0, 1e-2)])
+def test_functional_update_equals_torch_sgd(momentum, weight_decay):
+    g = torch.Generator().manual_seed(1)
+    shapes = [(5, 3), (7,), (2, 3, 4), ()]
+    ours = [torch.randn(s, generator=g) for s in shapes]
+    theirs = [t.clone().requires_grad_() for t in ours]
+    bufs = [torch.zeros_like(t) for t in ours]
+    opt = torch.optim.SGD(theirs, lr=0.03, momentum=momentum, weight_decay=weight_decay)
+    lr = torch.tensor(0.03)
+    for i, new_lr in enumerate([0.03, 0.03, 0.1, 0.007, 0.007]):
+        grads = [torch.randn(s, generator=g) for s in shapes]
+        kept = [gr.clone() for gr in grads]
+        for t, gr in zip(theirs, grads):
+            t.grad = gr.clone()
+        for group in opt.param_groups:
+            group["lr"] = new_lr
+        opt.step()
+        lr.fill_(new_lr)
+        sgd_update(ours, grads, bufs if momentum else None, lr, momentum, weight_decay)
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-7)
+        assert all(torch.equal(a, b) for a, b in zip(grads, kept))  # gradients are left as they were
+        if momentum:
+            for buf, t in zip(bufs, theirs):
+                torch.testing.assert_close(buf, opt.state[t]["momentum_buffer"], rtol=1e-6, atol=1e-7)
+
+
+# --- micro-batches ------------------------------------------------------------------------------------
+class _LossLog:
+    """Stand-in for GradientSignals: records the losses and gradient observations the step reports."""
+
+    mode = "last"
+
+    def __init__(self):
+        self.losses = []
+        self.grad_observations = 0
+
+    def observe_loss(self, loss):
+        self.losses.append(loss.detach().clone())
+
+    def observe_gradients(self):
+        self.grad_observations += 1
+
+
+@pytest.mark.parametrize("micro", [4, 5])  # 12 = 3 x 4, and 5 + 5 + 2 (a remainder weighted by its size)
+def test_micro_batches_equal_full_batch(micro):
+    x, y = _data(12, dtype=torch.float64)
+    results = []
+    for mb in (None, micro):
+        model = _model("tiny_mlp")
+        log = _LossLog()
+        step = make_step(model, log, lr=LR, momentum=MOM, weight_decay=WD, mode="eager", micro_batch=mb)
+        step(x, y)
+        grads = [p.grad.clone() for p in model.parameters()]
+        step(x, y)  # a second step exercises the momentum on the accumulated gradient
+        results.append((grads, _params(model), torch.stack(log.losses)))
+    (g_full, p_full, l_full), (g_mb, p_mb, l_mb) = results
+    for a, b in zip(g_full + p_full, g_mb + p_mb):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(l_full, l_mb, rtol=1e-6, atol=1e-9)
+
+
+def test_micro_batch_validation():
+    with pytest.raises(DebaError, match="micro_batch"):
+        make_step(_model("tiny_mlp"), mode="eager", micro_batch=0)
+    with pytest.raises(DebaError, match="amp"):
+        make_step(_model("tiny_mlp"), mode="eager", amp="fp8")
+
+
+def test_bf16_autocast_path_runs_on_cpu():
+    model = _model("tiny_cnn", dtype=torch.float32)
+    dtypes = []
+    model[0].register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    log = _LossLog()
+    before = _params(model)
+    step = make_step(model, log, mode="eager", amp="bf16", channels_last=True)
+    x, y = _data(8)
+    step(x, y)
+    assert dtypes == [torch.bfloat16]
+    assert torch.isfinite(log.losses[0]) and log.losses[0].dtype == torch.float32
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(before, model.parameters()))
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- no host sync -------------------------------------------------------------------------------------
+def _forbid_host_reads(monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("host read of a tensor inside the training step")
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+
+
+@pytest.mark.parametrize("kind", ["eager", "graph", "graph-micro"])
+def test_no_host_read_inside_a_step(monkeypatch, fake_graphs, kind):
+    model = _model("tiny_cnn", dtype=torch.float32)
+    signals = GradientSignals(model.parameters(), mode="epoch-avg")
+    micro = 4 if kind == "graph-micro" else None
+    cls = EagerStep if kind == "eager" else GraphStep
+    step = cls(model, signals, micro_batch=micro)
+    x, y = _data(8)
+    with monkeypatch.context() as m:
+        _forbid_host_reads(m)
+        for i in range(3):
+            step.set_lr(0.01 * (i + 1))
+            step.observe_gradients_next = i % 2 == 0
+            step(x, y)
+    out = signals.end_epoch()
+    assert out["steps"] == 3 and out["grad_observations"] == 2
+    assert np.isfinite(out["loss"]) and out["grad_var"] > 0
+
+
+# --- the graph step (fake capture) against the eager step ----------------------------------------------
+def _run(step, batches, lrs):
+    for (x, y), lr in zip(batches, lrs):
+        step.set_lr(lr)
+        step(x, y)
+
+
+@pytest.mark.parametrize("micro", [None, 4])
+def test_graph_step_equals_eager_step(fake_graphs, micro):
+    """Same parameters, BatchNorm statistics, gradients and loss sums after steps at two batch sizes and
+    three learning rates: the warm-up before a capture changes nothing, the update reads the lr tensor."""
+    batches = [_data(8, seed=0, dtype=torch.float64), _data(16, seed=1, dtype=torch.float64),
+               _data(8, seed=2, dtype=torch.float64), _data(16, seed=3, dtype=torch.float64)]
+    lrs = [0.05, 0.05, 0.2, 0.01]
+    out = []
+    for cls in (EagerStep, GraphStep):
+        model = _model("tiny_cnn")
+        signals = GradientSignals(model.parameters(), mode="last")
+        step = cls(model, signals, lr=0.05, micro_batch=micro)
+        _run(step, batches, lrs)
+        out.append((model.state_dict(), [p.grad.clone() for p in model.parameters()], signals.end_epoch(), step))
+    (sd_e, g_e, sig_e, _), (sd_g, g_g, sig_g, graph_step) = out
+    assert graph_step.mode == "graph" and len(graph_step._graphs) == 2  # one graph per batch size
+    assert [e["graph"].replays for e in graph_step._graphs.values()] == [2, 2]
+    for k in sd_e:
+        torch.testing.assert_close(sd_g[k], sd_e[k], rtol=1e-10, atol=1e-12, msg=k)
+    for a, b in zip(g_e, g_g):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    assert sig_e["steps"] == sig_g["steps"] == 4
+    assert sig_g["loss"] == pytest.approx(sig_e["loss"], rel=1e-10)
+    assert sig_g["grad_norm"] == pytest.approx(sig_e["grad_norm"], rel=1e-6)
+
+
+def test_graph_step_rebinds_gradients_set_to_none(fake_graphs):
+    model = _model("tiny_mlp")
+    step = GraphStep(model)
+    x, y = _data(8, dtype=torch.float64)
+    step(x, y)
+    grads = [p.grad for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    step(x, y)
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads))
+
+
+# --- graph availability, fallback and out of memory ------------------------------------------------------
+def test_graph_modes_on_cpu():
+    model = _model("tiny_mlp")
+    step = make_step(model, mode="auto")
+    assert isinstance(step, EagerStep) and step.mode == "eager" and "cuda" in step.graph_off_reason.lower()
+    with pytest.raises(DebaError, match="CUDA graphs requested") as info:
+        make_step(model, mode="on")
+    assert "\n" not in str(info.value)
+    assert make_step(model, mode="off").mode == "eager"
+    with pytest.raises(DebaError, match="step mode"):
+        make_step(model, mode="sometimes")
+
+
+def _failing_capture(self, x, y):
+    raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+
+def test_capture_failure_under_auto_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(GraphStep, "_capture", _failing_capture)
+    batches = [_data(8, seed=i, dtype=torch.float64) for i in range(3)]
+    model = _model("tiny_cnn")
+    step = GraphStep(model, requested="auto", lr=0.05)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run(step, batches, [0.05, 0.1, 0.1])
+    relevant = [w for w in caught if "CUDA graphs off" in str(w.message)]
+    assert len(relevant) == 1 and "operation not permitted" in str(relevant[0].message)
+    assert step.mode == "eager" and "batch size 8" in step.graph_off_reason
+    reference = _model("tiny_cnn")
+    _run(EagerStep(reference, lr=0.05), batches, [0.05, 0.1, 0.1])
+    for k, v in reference.state_dict().items():  # the failed capture left no trace
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=1e-12, atol=1e-14, msg=k)
+
+
+def test_capture_failure_under_graph_is_an_error(monkeypatch):
+    monkeypatch.setattr(GraphStep, "_capture", _failing_capture)
+    step = GraphStep(_model("tiny_mlp"), requested="graph")
+    with pytest.raises(DebaError, match="CUDA graphs: capturing the step at batch size 8 failed") as info:
+        step(*_data(8, dtype=torch.float64))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("error", [OOM_ERROR("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: out of memory")])
+def test_oom_during_capture_propagates_and_leaves_state_untouched(monkeypatch, error):
+    def oom_capture(self, x, y):
+        raise error
+
+    model = _model("tiny_cnn")
+    step = GraphStep(model, requested="auto")
+    fake_entry = step._graphs
+    before = copy.deepcopy(model.state_dict())
+    monkeypatch.setattr(GraphStep, "_capture", oom_capture)
+    with pytest.raises(OOM_ERROR):
+        step(*_data(16, dtype=torch.float64))
+    assert fake_entry == {} and step.mode == "graph"
+    for k, v in before.items():  # parameters and BatchNorm statistics (the warm-up ran) as before
+        assert torch.equal(model.state_dict()[k], v), k
+    # a smaller batch then captures and trains
+    monkeypatch.setattr(GraphStep, "_capture", _fake_capture)
+    step(*_data(8, dtype=torch.float64))
+    assert len(step._graphs) == 1
+    step.free_graphs()
+    assert step._graphs == {}
+
+
+# --- optimizer state ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("first, second", [(EagerStep, EagerStep), (EagerStep, GraphStep), (GraphStep, EagerStep),
+                                           (GraphStep, GraphStep)])
+def test_optimizer_state_round_trip(fake_graphs, first, second):
+    batches = [_data(8, seed=i, dtype=torch.float64) for i in range(5)]
+    lrs = [0.05, 0.05, 0.1, 0.1, 0.1]
+    # uninterrupted
+    model_a = _model("tiny_mlp")
+    _run(first(model_a, lr=0.05), batches, lrs)
+    # two steps, save, then a fresh step object (of the other kind) resumes
+    model_b = _model("tiny_mlp")
+    step_b = first(model_b, lr=0.05)
+    _run(step_b, batches[:3], lrs[:3])
+    saved = copy.deepcopy(step_b.state_dict())
+    model_state = copy.deepcopy(model_b.state_dict())
+    model_c = _model("tiny_mlp", seed=5)
+    model_c.load_state_dict(model_state)
+    step_c = second(model_c, lr=0.05)
+    if second is GraphStep:
+        step_c(*batches[0])  # a graph already captured: loading must write into the buffers it reads
+        model_c.load_state_dict(model_state)
+        held = [step_c.optimizer.state[p]["momentum_buffer"] for p in model_c.parameters()]
+    step_c.load_state_dict(saved)
+    assert step_c.lr == 0.1
+    if second is GraphStep:
+        assert all(step_c.optimizer.state[p]["momentum_buffer"] is b for p, b in zip(model_c.parameters(), held))
+        assert [t.item() for t in step_c._lr_tensors] == [0.1]
+    # the loaded buffers are copies: stepping does not change the saved state
+    before_saved = copy.deepcopy(saved)
+    _run(step_c, batches[3:], lrs[3:])
+    for a, b in zip(model_a.parameters(), model_c.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+    for k, st in saved["state"].items():
+        assert torch.equal(st["momentum_buffer"], before_saved["state"][k]["momentum_buffer"])
+
+
+def test_state_from_another_model_is_rejected():
+    step = EagerStep(_model("tiny_mlp"))
+    other = EagerStep(_model("tiny_cnn"))
+    with pytest.raises(DebaError, match="optimizer state does not fit"):
+        step.load_state_dict(other.state_dict())
+
+
+def test_oom_error_type_is_torchs():
+    assert issubclass(step_mod.OOM_ERROR, RuntimeError)
+    assert step_mod._is_oom(RuntimeError("CUDA out of memory"))
+    wrapped = RuntimeError("capture invalidated")
+    wrapped.__context__ = OOM_ERROR("x")
+    assert step_mod._is_oom(wrapped) and not step_mod._is_oom(RuntimeError("other"))
