@@ -1,0 +1,95 @@
+"""`deba train`: one training run. Every TrainConfig key is a flag (underscores become dashes);
+a YAML/JSON --config file supplies defaults that explicit flags override."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from ..errors import DebaError
+from ..training.config import TrainConfig, load_config_file
+
+HELP = {
+    "arch": "torchvision architecture (resnet18, resnet50, densenet121, efficientnet_b0, mobilenet_v3_large, "
+            "mobilenet_v3_small, vit_b_16) or tiny_cnn",
+    "model": "a user's own model constructor, package.module:function (called with num_classes=...)",
+    "dataset": "cifar10, cifar100 or synthetic (generated)",
+    "data": "folder holding cifar-10-batches-py / cifar-100-python, or the offline cifar10-jpeg.npz",
+    "policy": "batch-size policy: fixed, deba, step-grow",
+    "preset": "DEBA preset: paper (literal) or paper-bounded (default)",
+    "thresholds": "thresholds JSON from `deba profile` or `deba calibrate --write-thresholds`",
+    "graphs": "capture the training step in CUDA graphs: auto (on for CUDA), on, off",
+    "decision_interval": "decide every N steps instead of every epoch (window and cooldown count periods)",
+    "micro_batch": "reach large batches by gradient accumulation over micro-batches of this size",
+    "lr_scaling": "scale the learning rate with batch size / start batch: none, linear, sqrt",
+    "nonfinite_action": "on a non-finite epoch: skip (discard the epoch, go on) or stop",
+}
+
+
+def _field_type(f: dataclasses.Field):
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if t.startswith("bool"):
+        return "bool"
+    if t.startswith("list"):
+        return "list"
+    for name, typ in (("int", int), ("float", float), ("str", str)):
+        if t.startswith(name):
+            return typ
+    return str
+
+
+def add_train_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    p.add_argument("--config", help="YAML or JSON file of training options (flags override it)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = HELP.get(f.name, "")
+        if kind == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=(help_text + f" (default: {default})").strip())
+        elif kind == "list":
+            p.add_argument(flag, type=int, nargs="+", default=None, help=help_text or None)
+        else:
+            p.add_argument(flag, type=kind, default=None, help=(help_text + f" (default: {default})").strip())
+
+
+def config_from_args(args: argparse.Namespace, **forced) -> TrainConfig:
+    data = load_config_file(args.config) if getattr(args, "config", None) else {}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            data[name] = v
+    data.update(forced)
+    return TrainConfig.from_dict(data, source=getattr(args, "config", None) or "options")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train one model with a batch-size policy",
+                       description="Train one model: the paper's protocol by default (SGD lr 0.01, momentum 0.9, "
+                                   "wd 5e-4, 100 epochs, start batch 64). Writes config.json, epochs.jsonl, "
+                                   "summary.json and checkpoint.pt into --out.")
+    add_train_options(p)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.trainer import train
+
+    config = config_from_args(args)
+    summary = train(config, resume=args.resume)
+    if not config.quiet:
+        acc = summary["final_test_acc"]
+        print(f"{summary['arch']} {summary['policy']}: final test acc "
+              f"{acc:.2f}% " if acc is not None else "final test acc n/a ", end="", file=sys.stdout)
+        print(f"train {summary['train_time_s']:.1f}s, batch sizes {summary['batch_sizes'][0]} -> "
+              f"{summary['final_batch_size']} ({summary['increases']} up, {summary['rollbacks']} down)"
+              + (f", outputs in {config.out}" if config.out else ""))
+    return 0
+
+
+__all__ = ["add_parser", "run", "add_train_options", "config_from_args", "DebaError"]

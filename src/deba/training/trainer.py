@@ -1,0 +1,541 @@
+"""The training harness: the paper's protocol by default, any batch-size policy, fast and safe.
+
+One run = one call of :func:`train`. Per epoch (or per decision period, see ``decision_interval``):
+train at the policy's batch size with no host sync per step, read the signals once, let the policy
+decide, evaluate, checkpoint, and rewrite the run's log files atomically.
+
+Safety rules, each tested (docs/reliability.md):
+- Resume: a checkpoint holds model, optimizer, policy, every RNG, counters and the records so far; the
+  data order and augmentation are functions of (seed, epoch, sample index), so a resumed run repeats
+  exactly what the uninterrupted run would have done. Log files are rewritten whole from the records,
+  so they never hold a duplicated or half line.
+- Out of memory at a grown batch size: the failing size is recorded, the policy's B_max is capped at the
+  largest size that completed a step, and the epoch continues from the first sample not yet trained on,
+  at the capped size. The failed step applied no update (the error comes in the forward or backward
+  pass or in graph capture, before the optimizer update), so no step is lost or applied twice.
+- Non-finite loss or gradient: detected on the device, read once per epoch. The epoch is discarded:
+  model and optimizer return to their state at the epoch's start, the policy holds, the run goes on with
+  the next epoch (fresh permutation). After ``max_nonfinite`` discarded epochs (or at the first with
+  ``nonfinite_action=stop``) the run stops with a valid checkpoint of the last good epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import DebaError
+from ..logio import read_json, write_json, write_jsonl
+from ..policy import BatchSizePolicy, EpochSignals
+from .build import build_policy, policy_arch_name, resolve_device
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state, snapshot_state
+from .config import TrainConfig
+from .schedule import learning_rate
+
+# config keys that may differ between a checkpoint and a resuming run
+RESUME_MUTABLE_KEYS = {"quiet", "tensorboard", "out", "concurrent_runs", "device", "checkpoint_every", "epochs",
+                       "max_nonfinite", "nonfinite_action"}
+
+OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
+)
+
+
+class NonFiniteStop(DebaError):
+    exit_code = 3
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_pref: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    here = False
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_pref != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        here = True
+    return DistInfo(rank, world, local, here)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@dataclass
+class RunState:
+    """What the loop carries across epochs; all of it goes into the checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    period: int = 0  # decision periods completed (== epoch unless decision_interval is set)
+    samples_seen: int = 0
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    nonfinite_events: int = 0
+    best_test_acc: float | None = None
+    best_epoch: int | None = None
+    largest_ok_batch: int = 0
+    records: list = field(default_factory=list)  # epochs.jsonl
+    decisions: list = field(default_factory=list)  # decisions.jsonl (decision_interval mode)
+    events: list = field(default_factory=list)
+    status: str = "running"
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        model: torch.nn.Module | None = None,
+        dataset: Any = None,
+        callbacks: list[Any] = (),
+        step_factory: Callable | None = None,
+    ):
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.dist = init_distributed(config.device)
+        self.device = resolve_device(config.device, self.dist.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        seed_everything(config.seed, config.deterministic)
+        self.out = Path(config.out) if config.out else None
+        self.state = RunState()
+        self._current_epoch: int | None = None
+        self._user_model = model
+        self._dataset = dataset
+        self._step_factory = step_factory
+        self._setup()
+
+    # --- setup ---------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        from ..data import DeviceLoader, load_dataset
+        from ..models import build_model
+        from ..signals import GradientSignals
+        from .step import make_step
+
+        c = self.config
+        ds = self._dataset
+        if ds is None:
+            ds = load_dataset(c.dataset, data=c.data, download=c.download, subset=c.subset, subset_seed=c.subset_seed)
+        self.data = ds
+        n_train = int(ds.train_x.shape[0])
+        self.loader = DeviceLoader(ds.train_x, ds.train_y, c.start_batch, self.device, ds.mean, ds.std,
+                                   augment=c.augment, seed=c.seed, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.test_loader = DeviceLoader(ds.test_x, ds.test_y, min(1000, int(ds.test_x.shape[0])), self.device, ds.mean,
+                                        ds.std, augment=False, seed=c.seed, ordered=True)
+        self.policy: BatchSizePolicy = build_policy(c, policy_arch_name(c), n_train)
+        if self.dist.world_size > 1 and self.policy.b_min < self.dist.world_size:
+            raise DebaError(f"b_min {self.policy.b_min} is smaller than the number of ranks {self.dist.world_size}")
+
+        model = self._user_model
+        if model is None:
+            model = build_model(c.model or c.arch, ds.num_classes)
+        model = model.to(self.device)
+        if c.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.train_module = model
+        graphs = c.graphs
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.train_module = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if graphs == "on":
+                raise DebaError("--graphs on is not supported with more than one process; use auto or off")
+            graphs = "off"
+        self.signals = GradientSignals([p for p in model.parameters() if p.requires_grad], mode=c.signals_mode,
+                                       every=c.signals_every)
+        mode = {"auto": "auto", "on": "graph", "off": "eager"}[graphs]
+        factory = self._step_factory or make_step
+        self.step = factory(self.train_module, signals=self.signals, lr=c.lr, momentum=c.momentum,
+                            weight_decay=c.weight_decay, mode=mode, amp=c.amp, channels_last=c.channels_last,
+                            micro_batch=c.micro_batch)
+        self.total_samples = c.epochs * n_train
+        self.tb = None
+        if c.tensorboard and self.dist.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise DebaError("--tensorboard needs the tensorboard package: pip install 'deba[tensorboard]'") from None
+            self.tb = SummaryWriter(c.tensorboard)
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path | None:
+        return self.out / CHECKPOINT_NAME if self.out else None
+
+    def save(self) -> None:
+        path = self.checkpoint_path()
+        if path is None or not self.dist.is_main:
+            return
+        save_checkpoint(path, {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "step": self.step.state_dict(),
+            "policy": self.policy.state_dict(),
+            "rng": rng_state(),
+            "run": self.state.to_dict(),
+        })
+
+    def resume(self) -> bool:
+        path = self.checkpoint_path()
+        if path is None or not path.exists():
+            return False
+        payload = load_checkpoint(path, map_location=self.device)
+        saved = payload["config"]
+        mine = self.config.to_dict()
+        differ = sorted(k for k in mine if k not in RESUME_MUTABLE_KEYS and saved.get(k) != mine[k])
+        if differ:
+            raise DebaError(f"{path}: checkpoint was written with a different config ({', '.join(differ)}); "
+                            "resume with the same settings or use another --out")
+        if payload["run"]["epoch"] > self.config.epochs:
+            raise DebaError(f"{path}: checkpoint is at epoch {payload['run']['epoch']}, beyond --epochs {self.config.epochs}")
+        self.model.load_state_dict(payload["model"])
+        self.step.load_state_dict(payload["step"])
+        self.policy.load_state_dict(payload["policy"])
+        set_rng_state(payload["rng"])
+        self.state = RunState(**payload["run"])
+        self.state.status = "running"
+        self._event(f"resumed from checkpoint at epoch {self.state.epoch}")
+        return True
+
+    # --- outputs ---------------------------------------------------------------------------------
+    def _event(self, text: str) -> None:
+        epoch = self._current_epoch or self.state.epoch + 1
+        self.state.events.append({"epoch": epoch, "event": text})
+        if not self.config.quiet and self.dist.is_main:
+            print(f"[deba] epoch {epoch}: {text}", file=sys.stderr)
+
+    def write_outputs(self) -> dict:
+        summary = self.summary()
+        if self.out is None or not self.dist.is_main:
+            return summary
+        write_jsonl(self.out / "epochs.jsonl", self.state.records)
+        if self.config.decision_interval:
+            write_jsonl(self.out / "decisions.jsonl", self.state.decisions)
+        write_json(self.out / "summary.json", summary)
+        return summary
+
+    def summary(self) -> dict:
+        c, s = self.config, self.state
+        recs = s.records
+        final = recs[-1]["test_acc"] if recs and recs[-1]["epoch"] == c.epochs else None
+        counts = self.policy.counts
+        return {
+            "run_name": c.run_name or (Path(c.out).name if c.out else None),
+            "arch": c.model or c.arch,
+            "dataset": c.dataset,
+            "policy": self.policy.name,
+            "preset": getattr(self.policy, "preset", None),
+            "seed": c.seed,
+            "epochs": c.epochs,
+            "epochs_completed": s.epoch,
+            "status": s.status,
+            "final_test_acc": final,
+            "best_test_acc": s.best_test_acc,
+            "best_epoch": s.best_epoch,
+            "train_time_s": s.train_time_s,
+            "eval_time_s": s.eval_time_s,
+            "increases": counts["increase"],
+            "rollbacks": counts["rollback"],
+            "holds": counts["hold"],
+            "non_finite_epochs": s.nonfinite_events,
+            "batch_sizes": [r["batch_size"] for r in recs],
+            "final_batch_size": self.policy.batch_size,
+            "max_batch_size": max((r["batch_size"] for r in recs), default=None),
+            "b_max_cap": self.policy.b_max_cap,
+            "samples_seen": s.samples_seen,
+            "events": s.events,
+            "concurrent_runs": c.concurrent_runs,
+            "world_size": self.dist.world_size,
+            "device_name": _device_name(self.device),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "graphs": getattr(self.step, "mode", None),
+        }
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def _lr(self) -> float:
+        c = self.config
+        return learning_rate(c.lr, schedule=c.lr_schedule, scaling=c.lr_scaling, batch_size=self.policy.batch_size,
+                             reference_batch=c.start_batch, samples_seen=self.state.samples_seen,
+                             total_samples=self.total_samples)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _set_batch(self, size: int) -> None:
+        self.loader.set_batch_size(size)
+
+    def _handle_oom(self, failed: int, err: BaseException) -> None:
+        good = self.state.largest_ok_batch
+        if good <= 0 or good >= failed:
+            good = max(self.policy.b_min, failed // 2) if good <= 0 else good
+        if failed <= self.policy.b_min:
+            raise DebaError(f"out of memory at batch size {failed}, the smallest allowed (b_min); "
+                            "use a smaller model, --micro-batch, or --amp bf16") from None
+        if hasattr(self.step, "free_graphs"):
+            self.step.free_graphs()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.policy.cap_batch_size(min(good, failed - 1))
+        self._event(f"out of memory at batch size {failed}; B_max capped at {self.policy.effective_b_max}, "
+                    f"continuing the epoch at batch size {self.policy.batch_size}")
+
+    def _train_epoch(self, epoch: int) -> dict:
+        """Train one epoch; returns the epoch's training stats. Decides mid-epoch in interval mode."""
+        c = self.config
+        self.loader.set_epoch(epoch)
+        batch_at_start = self.policy.batch_size
+        self._set_batch(batch_at_start)
+        offset, steps, since_decision = 0, 0, 0
+        period_losses: list[tuple[float, int]] = []
+        self.train_module.train()
+        while True:
+            size = self.policy.batch_size
+            self._set_batch(size)
+            global_b = self.loader.global_batch_size
+            restart = False
+            try:
+                for x, y in self.loader.batches(start_sample=offset):
+                    self.step.set_lr(self._lr())
+                    if self.signals.mode == "epoch-avg":
+                        self.step.observe_gradients_next = self.signals.should_observe(steps)
+                    self.step(x, y)
+                    offset += global_b
+                    steps += 1
+                    since_decision += 1
+                    self.state.samples_seen += global_b
+                    self.state.largest_ok_batch = max(self.state.largest_ok_batch, size)
+                    if c.decision_interval and since_decision >= c.decision_interval:
+                        since_decision = 0
+                        rec = self._decide(period_end_epoch=epoch)
+                        period_losses.append((rec.get("loss"), rec.get("steps", 0)))
+                        if rec["next_batch_size"] != size:
+                            restart = True
+                            break
+            except OOM_ERRORS as e:
+                self._handle_oom(size, e)
+                restart = True
+            if not restart:
+                break
+        return {"steps": steps, "batch_at_start": batch_at_start, "period_losses": period_losses}
+
+    def _decide(self, period_end_epoch: int) -> dict:
+        """Read the period's signals (the one host sync), let the policy decide, keep the record."""
+        sig = self.signals.end_epoch()
+        self.state.period += 1
+        nonfinite = sig["nonfinite_steps"] > 0 or not all(
+            v is not None and math.isfinite(v) for v in (sig["grad_var"], sig["grad_norm"], sig["loss"]))
+        signals = EpochSignals(self.state.period, sig["grad_var"], sig["grad_norm"], None if nonfinite else sig["loss"])
+        if self.dist.enabled:  # decided once on rank 0 and broadcast, so every rank makes the identical decision
+            rec = self._broadcast_decision(signals)
+        else:
+            rec = self.policy.step(signals).to_dict()
+        rec.update(steps=sig["steps"], nonfinite_steps=sig["nonfinite_steps"], epoch_of_period=period_end_epoch)
+        if self.config.decision_interval:
+            self.state.decisions.append(rec)
+        return rec
+
+    def _broadcast_decision(self, signals: EpochSignals) -> dict:
+        import torch.distributed as dist
+
+        box = [None]
+        if self.dist.is_main:
+            rec = self.policy.step(signals).to_dict()
+            box = [{"record": rec, "policy": self.policy.state_dict()}]
+        dist.broadcast_object_list(box, src=0)
+        if not self.dist.is_main:
+            self.policy.load_state_dict(box[0]["policy"])
+        return box[0]["record"]
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test accuracy (percent) and mean test loss; one host read."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = 0
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.amp == "bf16" else _null()
+        self.test_loader.set_epoch(0)
+        for x, y in self.test_loader.batches(start_sample=0, drop_last=False):
+            if self.config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp:
+                out = model(x)
+            loss_sum += torch.nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum().double()
+            n += int(y.shape[0])
+        model.train(was_training)
+        vals = torch.stack([correct, loss_sum]).tolist()
+        return 100.0 * vals[0] / max(1, n), vals[1] / max(1, n)
+
+    def fit(self, resume: bool = False) -> dict:
+        c = self.config
+        if self.out and self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume() if resume else False
+        if resume and not resumed and self.out and self.dist.is_main:
+            self._event("no checkpoint found: starting from scratch")
+        if self.out and self.dist.is_main:
+            write_json(self.out / "config.json", c.to_dict())
+        progress = None
+        if not c.quiet and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=c.epochs, initial=self.state.epoch, desc=c.run_name or "train", unit="epoch",
+                            dynamic_ncols=True, file=sys.stderr)
+        try:
+            while self.state.epoch < c.epochs and self.state.status == "running":
+                self._run_one_epoch()
+                if progress:
+                    r = self.state.records[-1]
+                    progress.set_postfix(B=r["batch_size"], loss=f"{r['loss']:.3f}" if r["loss"] is not None else "nan",
+                                         acc=f"{r['test_acc']:.1f}" if r["test_acc"] is not None else "-")
+                    progress.update(1)
+        finally:
+            if progress:
+                progress.close()
+            if self.tb:
+                self.tb.close()
+        if self.state.status == "running":
+            self.state.status = "complete"
+        summary = self.write_outputs()
+        if self.config.checkpoint_every:
+            self.save()
+        if self.state.status.startswith("stopped"):
+            raise NonFiniteStop(self.state.events[-1]["event"])
+        return summary
+
+    def _run_one_epoch(self) -> None:
+        c, s = self.config, self.state
+        epoch = s.epoch + 1
+        self._current_epoch = epoch
+        lr_at_start = self._lr()
+        snapshot = snapshot_state(self.model, self.step.state_dict())
+        self._sync()
+        t0 = time.perf_counter()
+        stats = self._train_epoch(epoch)
+        if c.decision_interval:
+            # the epoch's record sums up the periods that ended in it; the policy already decided on them
+            losses = [(lo, n) for lo, n in stats["period_losses"] if lo is not None]
+            rec = {"epoch": epoch, "batch_size": stats["batch_at_start"], "decision": "periods",
+                   "loss": (sum(lo * n for lo, n in losses) / sum(n for _, n in losses)) if losses else None,
+                   "next_batch_size": self.policy.batch_size, "non_finite": False}
+            nonfinite = False
+        else:
+            rec = self._decide(period_end_epoch=epoch)
+            rec["epoch"] = epoch
+            nonfinite = rec["non_finite"]
+        self._sync()
+        train_time = time.perf_counter() - t0
+        s.train_time_s += train_time
+        s.epoch = epoch
+
+        if nonfinite:
+            s.nonfinite_events += 1
+            self.model.load_state_dict(snapshot["model"])
+            self.step.load_state_dict(snapshot["optimizer"])
+            self._event(f"non-finite loss or gradient ({rec.get('nonfinite_steps', 0)} step(s)): epoch discarded, "
+                        f"model and optimizer restored to the start of the epoch ({s.nonfinite_events}/{c.max_nonfinite})")
+            if c.nonfinite_action == "stop" or s.nonfinite_events >= c.max_nonfinite:
+                s.status = "stopped: non-finite"
+                self._event(f"stopping: {s.nonfinite_events} non-finite epoch(s); the checkpoint holds the last good state")
+
+        test_acc = test_loss = None
+        eval_time = 0.0
+        if epoch % c.eval_every == 0 or epoch == c.epochs:
+            t1 = time.perf_counter()
+            if self.dist.is_main:
+                test_acc, test_loss = self.evaluate()
+            self._sync()
+            eval_time = time.perf_counter() - t1
+            s.eval_time_s += eval_time
+            if test_acc is not None and (s.best_test_acc is None or test_acc > s.best_test_acc):
+                s.best_test_acc, s.best_epoch = test_acc, epoch
+        rec.update(steps=stats["steps"], samples=stats["steps"] * self.loader.global_batch_size if not c.decision_interval else None,
+                   lr=lr_at_start, train_time_s=train_time, eval_time_s=eval_time, test_acc=test_acc,
+                   test_loss=test_loss, b_max_cap=self.policy.b_max_cap,
+                   events=[e["event"] for e in s.events if e["epoch"] == epoch])
+        rec.pop("epoch_of_period", None)
+        s.records.append(rec)
+        self._log_tensorboard(rec)
+        for cb in self.callbacks:
+            fn = getattr(cb, "on_epoch_end", None)
+            if fn:
+                fn(self, rec)
+        if c.checkpoint_every and (epoch % c.checkpoint_every == 0 or s.status != "running"):
+            self.save()
+        self.write_outputs()
+
+    def _log_tensorboard(self, rec: dict) -> None:
+        if not self.tb:
+            return
+        for key in ("batch_size", "loss", "grad_var", "grad_norm", "dnorm", "dloss", "conf", "test_acc", "lr"):
+            v = rec.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(key, v, rec["epoch"])
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def train(config: TrainConfig, *, resume: bool = False, model: torch.nn.Module | None = None, dataset: Any = None,
+          callbacks: list[Any] = ()) -> dict:
+    """Run one training run and return its summary (also written to ``config.out``)."""
+    trainer = Trainer(config, model=model, dataset=dataset, callbacks=callbacks)
+    return trainer.fit(resume=resume)
+
+
+def read_summary(out: str | Path) -> dict:
+    return read_json(Path(out) / "summary.json")

@@ -1,0 +1,108 @@
+"""End-to-end `deba train` on generated data: outputs, schema, policies, CLI errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deba.cli import main
+from deba.logio import SCHEMA_VERSION
+from deba.training.config import TrainConfig
+from deba.training.trainer import train
+
+EPOCH_KEYS = {"schema_version", "epoch", "batch_size", "steps", "train_time_s", "eval_time_s", "loss", "grad_var",
+              "grad_norm", "dnorm", "dloss", "conf", "decision", "next_batch_size", "test_acc", "reason", "lr"}
+SUMMARY_KEYS = {"schema_version", "final_test_acc", "best_test_acc", "best_epoch", "train_time_s", "increases",
+                "rollbacks", "batch_sizes", "torch_version", "device_name", "status", "concurrent_runs"}
+
+TINY = dict(arch="tiny_cnn", dataset="synthetic", device="cpu", quiet=True, start_batch=32)
+
+
+def _read(run):
+    epochs = [json.loads(line) for line in (run / "epochs.jsonl").read_text().splitlines()]
+    return json.loads((run / "config.json").read_text()), epochs, json.loads((run / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("policy", ["fixed", "deba"])
+def test_train_writes_three_files_with_schema(tmp_path, policy):
+    extra = {"theta_stab": 5.0, "theta_conf": 0.9, "cooldown": 0} if policy == "deba" else {}
+    cfg = TrainConfig(**TINY, epochs=3, policy=policy, out=str(tmp_path / "run"), **extra)
+    summary = train(cfg)
+    config, epochs, saved = _read(tmp_path / "run")
+    assert config["schema_version"] == SCHEMA_VERSION and config["policy"] == policy
+    assert TrainConfig.from_dict(config).to_dict() == cfg.to_dict()  # config.json reruns the same run
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    for e in epochs:
+        assert EPOCH_KEYS <= set(e), EPOCH_KEYS - set(e)
+        assert 0.0 <= e["test_acc"] <= 100.0
+    assert SUMMARY_KEYS <= set(saved)
+    assert saved["status"] == "complete" and saved == {**summary, "schema_version": SCHEMA_VERSION}
+    assert saved["batch_sizes"] == [e["batch_size"] for e in epochs]
+    assert saved["final_test_acc"] == epochs[-1]["test_acc"]
+    assert epochs[0]["dnorm"] is None and epochs[0]["conf"] is None  # undefined at epoch 1
+    if policy == "fixed":
+        assert {e["batch_size"] for e in epochs} == {32}
+    else:  # thresholds chosen so that every decision point grows: 32 -> 48 -> 72
+        assert [e["batch_size"] for e in epochs] == [32, 32, 48]
+        assert saved["increases"] == 2
+
+
+def test_steps_per_epoch_follow_batch_size(tmp_path):
+    cfg = TrainConfig(**TINY, epochs=3, policy="deba", theta_stab=5.0, theta_conf=0.9, cooldown=0,
+                      out=str(tmp_path / "r"))
+    train(cfg)
+    _, epochs, _ = _read(tmp_path / "r")
+    from deba.data import load_dataset
+
+    n = load_dataset("synthetic").train_x.shape[0]
+    assert [e["steps"] for e in epochs] == [n // e["batch_size"] for e in epochs]
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["train", "--arch", "tiny_cnn", "--dataset", "synthetic", "--device", "cpu", "--epochs", "1",
+               "--policy", "fixed", "--quiet", "--out", str(out)])
+    assert rc == 0 and (out / "summary.json").exists()
+
+    def err(args):
+        rc = main(args)
+        e = capsys.readouterr().err.strip()
+        assert rc == 2, e
+        assert len(e.splitlines()) == 1 and "Traceback" not in e
+        return e
+
+    assert "resnet18" in err(["train", "--arch", "no_such_net", "--dataset", "synthetic", "--epochs", "1", "--quiet"])
+    assert "--data" in err(["train", "--dataset", "cifar10", "--data", str(tmp_path / "missing"), "--epochs", "1"])
+    assert "100000" in err(["train", "--arch", "tiny_cnn", "--dataset", "synthetic", "--start-batch", "100000",
+                                 "--epochs", "1", "--quiet"])
+    assert "policy" in err(["train", "--policy", "bogus"])
+    assert "b_min" in err(["train", "--arch", "tiny_cnn", "--dataset", "synthetic", "--b-min", "128", "--b-max", "64",
+                           "--epochs", "1", "--quiet", "--theta-stab", "1", "--theta-conf", "1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 2\nno_such_key: 1\n")
+    assert "no_such_key" in err(["train", "--config", str(bad)])
+
+
+def test_config_file_and_flags(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("arch: tiny_cnn\ndataset: synthetic\ndevice: cpu\nepochs: 5\npolicy: fixed\nquiet: true\n")
+    out = tmp_path / "o"
+    assert main(["train", "--config", str(cfg_file), "--epochs", "1", "--out", str(out)]) == 0
+    config, epochs, _ = _read(out)
+    assert config["epochs"] == 1 and config["arch"] == "tiny_cnn" and len(epochs) == 1
+
+
+def test_unknown_arch_for_preset_needs_thresholds(tmp_path, capsys):
+    rc = main(["train", "--arch", "tiny_cnn", "--dataset", "synthetic", "--policy", "deba", "--epochs", "1",
+               "--quiet", "--device", "cpu"])
+    assert rc == 2 and "theta" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_dash_m_entry_point(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "deba", "train", "--arch", "tiny_cnn", "--dataset", "synthetic",
+                        "--epochs", "1", "--policy", "fixed", "--device", "cpu", "--quiet", "--out", str(tmp_path / "m")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
