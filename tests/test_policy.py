@@ -703,3 +703,22 @@ def test_step_grow_policy():
         StepGrowPolicy([])
     with pytest.raises(ValueError, match="policy 'deba'"):
         q.load_state_dict(make_deba("paper", "resnet18").state_dict())
+
+
+def test_cap_below_b_min_is_respected_by_rollback():
+    from deba.policy import DebaConfig, DebaPolicy
+
+    p = DebaPolicy(DebaConfig(theta_stab=0.5, theta_conf=0.5, cooldown=0, start_batch=64, b_min=16))
+    p.cap_batch_size(10)  # out of memory even at 16
+    assert p.batch_size == 10
+    p.step({"epoch": 1, "grad_var": 1.0, "grad_norm": 1.0, "loss": 1.0})
+    rec = p.step({"epoch": 2, "grad_var": 100.0, "grad_norm": 1.0, "loss": 1.0})  # conf > theta: rollback
+    assert rec.decision == "rollback" and rec.next_batch_size <= 10
+
+
+@pytest.mark.parametrize("bad", [2.5, "3", None, True])
+def test_mapping_epoch_must_be_an_integer(bad):
+    from deba.policy import EpochSignals
+
+    with pytest.raises(ValueError, match="epoch must be an integer"):
+        EpochSignals.from_mapping({"epoch": bad, "grad_var": 1.0, "grad_norm": 1.0, "loss": 1.0})

@@ -31,7 +31,12 @@ class EpochSignals:
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> "EpochSignals":
-        return cls(epoch=int(m["epoch"]), grad_var=m.get("grad_var"), grad_norm=m.get("grad_norm"), loss=m.get("loss"))
+        epoch = m["epoch"]
+        if isinstance(epoch, float) and epoch.is_integer():
+            epoch = int(epoch)
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+            raise ValueError(f"epoch must be an integer, got {epoch!r}")
+        return cls(epoch=int(epoch), grad_var=m.get("grad_var"), grad_norm=m.get("grad_norm"), loss=m.get("loss"))
 
 
 @dataclass

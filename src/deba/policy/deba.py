@@ -132,7 +132,8 @@ class DebaPolicy(BatchSizePolicy):
         if decision == "increase":
             nxt = min(self.effective_b_max, scaled_size(batch, c.grow_factor))
         elif decision == "rollback":
-            nxt = max(c.b_min, scaled_size(batch, c.rollback_factor))
+            # a cap below b_min (out of memory at small sizes) wins over b_min: memory is the harder limit
+            nxt = min(self.effective_b_max, max(c.b_min, scaled_size(batch, c.rollback_factor)))
         else:
             nxt = batch
         if decision != "hold":
