@@ -2,6 +2,7 @@
 whose replay runs the captured function, so everything around the capture (static buffers, warm-up
 that changes nothing, gradients zeroed in place, the functional SGD update with a tensor learning rate,
 the cache by shape, fallback and OOM handling, state round trips) is tested without a GPU."""
+import contextlib
 import copy
 import warnings
 
@@ -368,3 +369,126 @@ def test_oom_error_type_is_torchs():
     wrapped = RuntimeError("capture invalidated")
     wrapped.__context__ = OOM_ERROR("x")
     assert step_mod._is_oom(wrapped) and not step_mod._is_oom(RuntimeError("other"))
+
+
+# --- graph cache key, capture stream and pool, cleanup after a failed capture ----------------------------
+def test_changing_micro_batch_builds_a_new_graph(fake_graphs):
+    """A graph holds one split of the batch into micro-batches: a new micro_batch must not replay the old
+    split (the fake graph re-runs Python, so the count of graphs is what tells)."""
+    x, y = _data(8, dtype=torch.float64)
+    step = GraphStep(_model("tiny_mlp"))
+    step(x, y)
+    step.micro_batch = 4
+    step(x, y)
+    assert len(step._graphs) == 2
+    step(x, y)
+    assert len(step._graphs) == 2
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+
+def test_captures_share_one_pool_and_one_stream_on_the_model_device(monkeypatch):
+    """Every graph of a step goes into one pool, captured on one stream created on the step's device
+    (torch.cuda.graph's default capture stream belongs to whichever device was current at first use)."""
+    rec = _Recorder()
+    monkeypatch.setattr(torch.cuda, "device", lambda d: rec.calls.append(("device", d)) or contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: ("pool", len(rec.calls)))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: ("stream", device, len(rec.calls)))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(step_mod, "_capture_graph",
+                        lambda graph, pool, stream, fn: rec.calls.append(("capture", pool, stream)))
+    model = _model("tiny_mlp")
+    step = GraphStep(model, GradientSignals(model.parameters(), mode="epoch-avg"))
+    step._capture(*_data(8, dtype=torch.float64))
+    step._capture(*_data(16, dtype=torch.float64))
+    captures = [c for c in rec.calls if c[0] == "capture"]
+    assert len(captures) == 3  # step graph and observe graph, then only the second step graph
+    assert len({c[1] for c in captures}) == 1 and len({c[2] for c in captures}) == 1
+    assert captures[0][2][1] == step.device
+    assert [c for c in rec.calls if c[0] == "device"] == [("device", step.device)] * 2
+    step.free_graphs()
+    step._capture(*_data(8, dtype=torch.float64))
+    assert [c for c in rec.calls if c[0] == "capture"][-1][1] != captures[0][1]  # a fresh pool after freeing
+
+
+class _FakeCaptureContext:
+    """torch.cuda.graph stand-in: entering switches the current stream; exiting restores it unless
+    ``end_fails`` (what capture_end does when the capture was invalidated)."""
+
+    def __init__(self, state, end_fails):
+        self.state, self.end_fails = state, end_fails
+
+    def __call__(self, graph, pool=None, stream=None):
+        self.state["pool"] = pool
+        return self
+
+    def __enter__(self):
+        self.state["stream"] = "capture"
+
+    def __exit__(self, *exc):
+        if self.end_fails:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+        self.state["stream"] = "main"
+        return False
+
+
+def _patch_capture_context(monkeypatch, end_fails, end_raises=False):
+    state = {"stream": "main", "ended": [], "released": [], "set": []}
+    monkeypatch.setattr(torch.cuda, "graph", _FakeCaptureContext(state, end_fails))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: state["stream"])
+
+    def set_stream(s):
+        state["set"].append(s)
+        state["stream"] = s
+
+    def end(device, pool):
+        if end_raises:
+            raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+        state["ended"].append((device, pool))
+
+    monkeypatch.setattr(torch.cuda, "set_stream", set_stream)
+    monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", end, raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_releasePool", lambda d, p: state["released"].append((d, p)), raising=False)
+    return state
+
+
+def test_invalidated_capture_restores_stream_and_allocator(monkeypatch):
+    state = _patch_capture_context(monkeypatch, end_fails=True)
+
+    def sync_inside_capture():
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match="previous error during capture") as info:
+        step_mod._capture_graph(object(), (0, 7), "capture", sync_inside_capture)
+    assert "not permitted" in str(info.value.__context__)  # the cause stays visible (and _is_oom sees it)
+    assert state["stream"] == "main" and state["set"] == ["main"]
+    assert state["ended"] == [(0, (0, 7))] and state["released"] == [(0, (0, 7))]
+
+
+def test_oom_inside_capture_needs_no_cleanup(monkeypatch):
+    state = _patch_capture_context(monkeypatch, end_fails=False)
+
+    def oom():
+        raise OOM_ERROR("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    with pytest.raises(OOM_ERROR):
+        step_mod._capture_graph(object(), (0, 7), "capture", oom)
+    assert state["stream"] == "main" and state["set"] == [] and state["ended"] == [] and state["released"] == []
+
+
+def test_cleanup_never_masks_the_capture_error(monkeypatch):
+    """capture_end failed after the allocator's routing had ended: ending it again raises, which must
+    neither replace the capture's error nor release the pool a second time."""
+    state = _patch_capture_context(monkeypatch, end_fails=True, end_raises=True)
+
+    def boom():
+        raise RuntimeError("capture went wrong")
+
+    with pytest.raises(RuntimeError, match="previous error during capture"):
+        step_mod._capture_graph(object(), (0, 7), "capture", boom)
+    assert state["stream"] == "main" and state["released"] == []
+

@@ -32,7 +32,8 @@ How the graph step keeps its promises:
 - An out-of-memory error while building a graph discards it and propagates as
   ``torch.OutOfMemoryError`` with the parameters untouched, so the harness can cap the batch size and
   retry the same samples smaller. Any other capture failure under ``mode="auto"`` falls back to the
-  eager step with one warning saying why; under ``mode="graph"`` it is an error.
+  eager step with one warning saying why; under ``mode="graph"`` it is an error. A capture that
+  failed leaves the current stream and the allocator as it found them (see :func:`_capture_graph`).
 
 ``micro_batch`` (gradient accumulation): a batch larger than ``micro_batch`` is split into chunks of
 at most that size; each chunk's mean loss is scaled by chunk/B before its backward, so the gradients
@@ -256,6 +257,7 @@ class GraphStep(EagerStep):
         self._graphs: dict[tuple, dict[str, Any]] = {}
         self._observe_graph: Any = None
         self._pool: Any = None
+        self._capture_stream: Any = None  # ours, on self.device (torch.cuda.graph's default is process-wide)
         # bound at the first capture: the parameters that get gradients, their gradient tensors,
         # momentum buffers and one learning-rate tensor per (device, dtype) group
         self._groups: list[dict[str, Any]] | None = None
@@ -267,7 +269,8 @@ class GraphStep(EagerStep):
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.mode == "eager":  # fell back
             return super().__call__(x, y)
-        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, self.model.training)
+        # micro_batch is part of the key: a graph holds one split of the batch into chunks
+        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, self.model.training, self.micro_batch)
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._build(key, x, y)
@@ -367,18 +370,24 @@ class GraphStep(EagerStep):
         self._update()
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
-        """Capture the step for static inputs ``x``, ``y`` (CUDA only)."""
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._captured_step(x, y)
-        if (self._observe_graph is None and self.signals is not None
-                and getattr(self.signals, "mode", None) == "epoch-avg"):
-            observe = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(observe, pool=self._pool):
-                self.signals.observe_gradients()
-            self._observe_graph = observe
+        """Capture the step for static inputs ``x``, ``y`` (CUDA only).
+
+        Captured on a stream of our own on ``self.device``: ``torch.cuda.graph``'s default capture stream
+        is created once per process on whichever device was current then, and kernels of a model on
+        another device would run eagerly instead of being captured (an empty graph, silently).
+        """
+        with torch.cuda.device(self.device):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            if self._capture_stream is None:
+                self._capture_stream = torch.cuda.Stream(self.device)
+            graph = torch.cuda.CUDAGraph()
+            _capture_graph(graph, self._pool, self._capture_stream, lambda: self._captured_step(x, y))
+            if (self._observe_graph is None and self.signals is not None
+                    and getattr(self.signals, "mode", None) == "epoch-avg"):
+                observe = torch.cuda.CUDAGraph()
+                _capture_graph(observe, self._pool, self._capture_stream, self.signals.observe_gradients)
+                self._observe_graph = observe
         return {"graph": graph, "x": x, "y": y}
 
     def _build(self, key: tuple, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any] | None:
@@ -430,6 +439,49 @@ class GraphStep(EagerStep):
         self.graph_off_reason = reason
         # the eager path uses torch.optim.SGD with the Python lr; keep the momentum buffers it will find
         warnings.warn(f"CUDA graphs off, training eagerly: {reason}", RuntimeWarning, stacklevel=3)
+
+
+def _capture_graph(graph: Any, pool: Any, stream: Any, fn: Callable[[], None]) -> None:
+    """``with torch.cuda.graph(graph, pool=pool, stream=stream): fn()``, leaving the stream and the allocator
+    as they were when it fails.
+
+    When a capture was invalidated (an op that synchronises with the host, say), ``torch.cuda.graph``'s
+    exit raises from ``capture_end`` (``cudaStreamEndCapture`` fails) before it restores the current
+    stream, and the C++ ``capture_end`` raises before it tells the caching allocator to stop routing the
+    capture's allocations to the pool (torch 2.4 to 2.14 at least). Left so, the eager fallback would run
+    on the capture stream, and the allocator, believing a capture still under way, would never again
+    release cached blocks to retry a failed allocation and would keep the pool's memory. Both are undone
+    here. An out-of-memory error raised inside the capture does not invalidate it: the exit then ends
+    the capture normally and nothing is left to undo.
+    """
+    device = torch.cuda.current_device()
+    previous = torch.cuda.current_stream(device)
+    try:
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            fn()
+    except BaseException:
+        if torch.cuda.current_stream(device) != previous:  # the graph context's exit did not finish
+            torch.cuda.set_stream(previous)
+            _end_allocate_to_pool(device, pool)
+        raise
+
+
+def _end_allocate_to_pool(device: int, pool: Any) -> None:
+    """Best effort: end the allocator's routing to ``pool`` left by a failed ``capture_end`` and drop the
+    reference that capture took on the pool (private torch API, renamed in torch 2.8; absent: nothing)."""
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None) or getattr(
+        torch._C, "_cuda_endAllocateCurrentStreamToPool", None)
+    release = getattr(torch._C, "_cuda_releasePool", None)
+    if end is None:
+        return
+    # Cleanup must never replace the capture's own error, so any failure here is swallowed.
+    try:
+        end(device, pool)
+    except Exception:  # noqa: BLE001 - capture_end got past this point (routing already ended), or API changed
+        return
+    if release is not None:
+        with contextlib.suppress(Exception):
+            release(device, pool)
 
 
 class _SideStream:
