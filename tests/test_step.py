@@ -492,3 +492,46 @@ def test_cleanup_never_masks_the_capture_error(monkeypatch):
         step_mod._capture_graph(object(), (0, 7), "capture", boom)
     assert state["stream"] == "main" and state["released"] == []
 
+
+# --- `deba bench --check` (graph against eager), with the fake capture -----------------------------------
+def test_bench_check_passes_for_a_correct_graph_step(fake_graphs):
+    from deba import bench
+
+    result = bench.check_graph_numerics(["tiny_cnn"], device="cpu", batch_sizes=[8, 16], steps=2)
+    assert result["ok"] and [c["signals_mode"] for c in result["checks"]] == ["last", "epoch-avg"]
+    for c in result["checks"]:
+        assert c["graph_step_mode"] == "graph" and c["error"] is None
+        assert [(p["batch_size"], p["lr"]) for p in c["phases"]] == [(8, 0.01), (16, 0.02), (8, 0.05)]
+        assert set(c["max_rel"]) == {"loss", "grad_var", "grad_norm", "params", "buffers"}
+        assert all(0 <= v < 1e-5 for v in c["max_rel"].values()), c["max_rel"]
+    assert "| tiny_cnn | epoch-avg |" in bench.check_markdown(result)
+
+
+def test_bench_check_catches_a_learning_rate_baked_into_the_graph(fake_graphs, monkeypatch):
+    """The failure a graph step is most prone to: the update keeps the learning rate it was captured with."""
+    from deba import bench
+
+    monkeypatch.setattr(GraphStep, "set_lr", EagerStep.set_lr)  # the Python lr changes, the lr tensor does not
+    result = bench.check_graph_numerics(["tiny_cnn"], device="cpu", batch_sizes=[8, 16], steps=2,
+                                        signals_modes=["last"])
+    (check,) = result["checks"]
+    assert not result["ok"] and not check["ok"] and check["error"] is None
+    assert check["max_rel"]["params"] > 1e-3
+    assert check["worst_step"]["loss"] >= 2  # the first phase (captured lr) agrees; the later ones do not
+
+
+def test_bench_check_records_a_capture_that_cannot_work():
+    from deba import bench
+
+    result = bench.check_graph_numerics(["tiny_mlp"], device="cpu", batch_sizes=[8], steps=1, signals_modes=["last"])
+    (check,) = result["checks"]
+    assert not result["ok"] and check["error"].startswith("DebaError: CUDA graphs: capturing the step")
+    assert "\n" not in check["error"]
+
+
+def test_bench_check_needs_cuda_one_line(capsys):
+    from deba.cli import main
+
+    assert main(["bench", "--check", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs a CUDA device" in err

@@ -389,3 +389,176 @@ def write_outputs(result: dict[str, Any], out: str | None = None, markdown_path:
         atomic_write_text(markdown_path, markdown(result))
     if plot_path:
         plot(result, plot_path)
+
+
+# --- graph against eager: the same steps must give the same numbers (`deba bench --check`) -----------------
+CHECK_BATCH_SIZES = (64, 256)
+CHECK_STEPS = 3  # per phase
+CHECK_RTOL = 1e-3
+CHECK_LRS = (0.01, 0.02, 0.05)  # a new learning rate per phase: it must reach the captured update
+CHECK_SIGNALS_MODES = ("last", "epoch-avg")
+
+
+def _without_randomness(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout and stochastic depth off: the two steps draw random numbers in different orders (the graph's
+    warm-up draws too), so with them on the runs could not be compared number for number."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ == "StochasticDepth":
+            m.p = 0.0
+    return model
+
+
+def _rel_diff(reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor]) -> float:
+    """||reference - other|| / ||reference|| over all elements together (float64); integer tensors (BatchNorm's
+    step counter) must be equal (0.0, else inf); 0.0 when both are zero; NaN when anything is not finite."""
+    if any(not t.is_floating_point() for t in reference):
+        return 0.0 if all(torch.equal(a, b) for a, b in zip(reference, other)) else math.inf
+    if not reference:
+        return 0.0
+    diff = torch.stack([torch.linalg.vector_norm((a.double() - b.double()).flatten()) for a, b in zip(reference, other)])
+    ref = torch.stack([torch.linalg.vector_norm(a.double().flatten()) for a in reference])
+    num, den = diff.square().sum().sqrt().item(), ref.square().sum().sqrt().item()
+    if not (math.isfinite(num) and math.isfinite(den)):
+        return math.nan
+    return num / den if den > 0 else (0.0 if num == 0 else math.inf)
+
+
+def _rel_scalar(reference: float, other: float) -> float:
+    if not (math.isfinite(reference) and math.isfinite(other)):
+        return 0.0 if reference == other else math.nan  # equal infinities agree; NaN never does
+    if reference == other:
+        return 0.0
+    return abs(reference - other) / abs(reference) if reference else math.inf
+
+
+def _check_one(arch: str, signals_mode: str, device: torch.device, batch_sizes: Sequence[int], steps: int,
+               amp: str, channels_last: bool, num_classes: int, image_size: int, rtol: float,
+               seed: int) -> dict[str, Any]:
+    import copy
+
+    from .signals import GradientSignals
+    from .training.step import OOM_ERROR, EagerStep, GraphStep
+
+    torch.manual_seed(seed)
+    eager_model = _without_randomness(build_model(arch, num_classes, image_size)).to(device)
+    if channels_last:
+        eager_model = eager_model.to(memory_format=torch.channels_last)
+    eager_model.train()
+    graph_model = copy.deepcopy(eager_model)
+    sizes = list(batch_sizes) + ([batch_sizes[0]] if len(batch_sizes) > 1 else [])  # back to a graph built earlier
+    phases = [(b, CHECK_LRS[i % len(CHECK_LRS)]) for i, b in enumerate(sizes)]
+    record: dict[str, Any] = {
+        "arch": arch, "signals_mode": signals_mode, "amp": amp, "channels_last": channels_last,
+        "phases": [{"batch_size": b, "lr": lr, "steps": steps} for b, lr in phases], "rtol": rtol,
+        "max_rel": {}, "worst_step": {}, "graph_step_mode": None, "error": None, "ok": False,
+    }
+    common = {"lr": phases[0][1], "amp": amp, "channels_last": channels_last}
+    runs = []
+    for model, cls in ((eager_model, EagerStep), (graph_model, GraphStep)):
+        signals = GradientSignals([p for p in model.parameters() if p.requires_grad], mode=signals_mode)
+        extra = {"requested": "graph"} if cls is GraphStep else {}
+        runs.append((model, signals, cls(model, signals, **common, **extra)))
+    per_step: dict[str, list[float]] = {"loss": [], "grad_var": [], "grad_norm": []}
+    gen = torch.Generator(device=device)
+    try:
+        index = 0
+        for batch, lr in phases:
+            for _ in range(steps):
+                gen.manual_seed(seed * 100_003 + index)
+                x = torch.randn(batch, 3, image_size, image_size, device=device, generator=gen)
+                y = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
+                values = []
+                for _model, signals, step in runs:
+                    step.set_lr(lr)
+                    step.observe_gradients_next = signals_mode == "epoch-avg"
+                    step(x, y)
+                    values.append(signals.end_epoch())  # a host read per step: fine for a check
+                for key, diffs in per_step.items():
+                    diffs.append(_rel_scalar(float(values[0][key]), float(values[1][key])))
+                index += 1
+        record["graph_step_mode"] = runs[1][2].mode
+    except (DebaError, OOM_ERROR) as e:  # a capture that cannot work, or memory: recorded, the other checks go on
+        record["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        return record
+    finally:
+        for _model, _signals, step in runs:
+            step.free_graphs()
+    (m_e, _, _), (m_g, _, _) = runs
+    record["max_rel"] = {k: max(v) if not any(math.isnan(x) for x in v) else math.nan for k, v in per_step.items()}
+    record["worst_step"] = {k: max(range(len(v)), key=lambda i: -1 if math.isnan(v[i]) else v[i])
+                            for k, v in per_step.items()}
+    record["max_rel"]["params"] = _rel_diff([p.detach() for p in m_e.parameters()],
+                                            [p.detach() for p in m_g.parameters()])
+    float_bufs = [(a, b) for a, b in zip(m_e.buffers(), m_g.buffers()) if a.is_floating_point()]
+    int_bufs = [(a, b) for a, b in zip(m_e.buffers(), m_g.buffers()) if not a.is_floating_point()]
+    record["max_rel"]["buffers"] = max(_rel_diff([a for a, _ in float_bufs], [b for _, b in float_bufs]),
+                                       _rel_diff([a for a, _ in int_bufs], [b for _, b in int_bufs]))
+    record["ok"] = (record["graph_step_mode"] == "graph"
+                    and all(math.isfinite(v) and v <= rtol for v in record["max_rel"].values()))
+    return record
+
+
+def check_graph_numerics(archs: Sequence[str], device: str | torch.device = "cuda",
+                         batch_sizes: Sequence[int] = CHECK_BATCH_SIZES, steps: int = CHECK_STEPS,
+                         amp: str = "none", channels_last: bool = False,
+                         signals_modes: Sequence[str] = CHECK_SIGNALS_MODES, rtol: float = CHECK_RTOL,
+                         num_classes: int = 10, image_size: int = 32, seed: int = 0,
+                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the same SGD steps with the eager step and the CUDA-graph step from identical models and compare.
+
+    Per architecture and signals mode: ``steps`` steps at each batch size of ``batch_sizes``, then again at
+    the first one (a graph replayed after another was captured into the shared pool), with a new learning
+    rate per phase, on the same random batches. After every step both runs' signals are read
+    (``end_epoch``); at the end their parameters and buffers (BatchNorm statistics) are compared.
+    ``max_rel`` holds the largest relative difference of the loss, gradient variance and norm over the
+    steps, and that of all parameters / floating buffers together; a check passes when every one is at most
+    ``rtol`` and the graph step really ran as graphs. Dropout and stochastic depth are switched off.
+    """
+    dev = torch.device(device)
+    say = progress or (lambda text: None)
+    batch_sizes = [_positive_int("batch size", b) for b in batch_sizes]
+    steps = _positive_int("steps", steps)
+    if amp not in AMP_MODES:
+        raise DebaError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
+    archs = [canonical_model_name(a) for a in archs]
+    checks = []
+    for arch in archs:
+        for mode in signals_modes:
+            rec = _check_one(arch, mode, dev, batch_sizes, steps, amp, channels_last, num_classes, image_size,
+                             rtol, seed)
+            checks.append(rec)
+            _free(dev)
+            worst = ", ".join(f"{k} {v:.1e}" for k, v in rec["max_rel"].items())
+            say(f"check {arch} signals={mode}: {'ok' if rec['ok'] else 'MISMATCH'}"
+                + (f" ({rec['error']})" if rec["error"] else f" (max relative difference: {worst})"))
+    return {
+        "machine": machine_info(dev),
+        "settings": {"archs": archs, "batch_sizes": batch_sizes, "steps_per_phase": steps, "amp": amp,
+                     "channels_last": channels_last, "signals_modes": list(signals_modes), "rtol": rtol,
+                     "lrs": list(CHECK_LRS), "seed": seed, "image_size": image_size},
+        "checks": checks,
+        "ok": bool(checks) and all(c["ok"] for c in checks),
+    }
+
+
+def check_markdown(result: dict[str, Any]) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        "# deba bench --check: CUDA-graph step against the eager step",
+        "",
+        (f"Device: {m['device_name']}; torch {m['torch_version']}; amp {s['amp']}; channels_last "
+         f"{str(s['channels_last']).lower()}; batch sizes {' -> '.join(str(b) for b in s['batch_sizes'])}"
+         f"{' -> ' + str(s['batch_sizes'][0]) if len(s['batch_sizes']) > 1 else ''}, {s['steps_per_phase']} steps "
+         f"each, lr {', '.join(str(lr) for lr in s['lrs'])} by phase; dropout off. Largest relative difference "
+         f"(graph vs eager); pass at <= {s['rtol']:g}."),
+        "",
+        "| arch | signals | loss | grad_var | grad_norm | params | buffers | result |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in result["checks"]:
+        r = c["max_rel"]
+        cells = [f"{r[k]:.1e}" if k in r else "-" for k in ("loss", "grad_var", "grad_norm", "params", "buffers")]
+        verdict = "ok" if c["ok"] else (c["error"] or f"MISMATCH (step mode {c['graph_step_mode']})")
+        lines.append(f"| {c['arch']} | {c['signals_mode']} | " + " | ".join(cells) + f" | {verdict} |")
+    lines += ["", f"All passed: {'yes' if result['ok'] else 'NO'}"]
+    return "\n".join(lines) + "\n"

@@ -43,12 +43,52 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="FILE.md", help="write the tables as markdown")
     p.add_argument("--plot", metavar="FILE.png", help="plot epoch time against batch size (the paper's Figure 1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--check", action="store_true",
+                   help="instead of timing: run the same SGD steps with the eager and the CUDA-graph step from "
+                   "identical models (per arch, signals modes last and epoch-avg; --steps per batch size, default "
+                   "3; --batch-sizes default 64 256, then the first again) and compare loss, signals, parameters "
+                   "and BatchNorm statistics; exit code 1 when a difference exceeds --check-rtol. Needs CUDA")
+    p.add_argument("--check-rtol", type=float, default=None, metavar="R",
+                   help="largest relative difference --check accepts (default 1e-3)")
     return p
+
+
+CHECK_ARCHS = ("resnet18", "mobilenet_v3_large", "densenet121")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .. import bench
+
+    if args.modes or args.plot:
+        raise DebaError("--check compares eager with graph itself: it takes no --modes or --plot")
+    device = bench.resolve_device(args.device)
+    if device.type != "cuda":
+        raise DebaError(f"--check compares the CUDA-graph step with the eager step: it needs a CUDA device, "
+                        f"this is {device.type}")
+    rtol = bench.CHECK_RTOL if args.check_rtol is None else args.check_rtol
+    if not rtol > 0:
+        raise DebaError(f"--check-rtol must be > 0, got {args.check_rtol}")
+    progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    result = bench.check_graph_numerics(
+        _split(args.arch) or CHECK_ARCHS, device=device, batch_sizes=_split(args.batch_sizes) or bench.CHECK_BATCH_SIZES,
+        steps=args.steps or bench.CHECK_STEPS, amp=args.amp, channels_last=args.channels_last, rtol=rtol,
+        progress=progress)
+    text = bench.check_markdown(result)
+    if args.out:
+        bench.write_json(args.out, result)
+    if args.markdown:
+        bench.atomic_write_text(args.markdown, text)
+    print(text, end="")
+    return 0 if result["ok"] else 1
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import bench
 
+    if args.check:
+        return _run_check(args)
+    if args.check_rtol is not None:
+        raise DebaError("--check-rtol goes with --check")
     settings = bench.make_settings(
         archs=_split(args.arch), batch_sizes=_split(args.batch_sizes), device=args.device, modes=_split(args.modes),
         steps=args.steps, warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,
