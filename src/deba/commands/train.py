@@ -19,8 +19,12 @@ HELP = {
     "preset": "DEBA preset: paper (literal) or paper-bounded (default)",
     "thresholds": "thresholds JSON from `deba profile` or `deba calibrate --write-thresholds`",
     "graphs": "capture the training step in CUDA graphs: auto (on for CUDA), on, off",
-    "decision_interval": "decide every N steps instead of every epoch (window and cooldown count periods)",
-    "micro_batch": "reach large batches by gradient accumulation over micro-batches of this size",
+    "decision_interval": "decide every N steps (or samples) instead of every epoch (window and cooldown count "
+                         "periods; a period may straddle epochs)",
+    "decision_interval_unit": "what --decision-interval counts: steps or samples (summed over processes)",
+    "micro_batch": "reach large batches by gradient accumulation over micro-batches of this size (per process)",
+    "accumulate": "on out of memory keep the policy's batch size and halve the micro-batch until a step fits "
+                  "(remembered for the run) instead of capping B_max",
     "lr_scaling": "scale the learning rate with batch size / start batch: none, linear, sqrt",
     "nonfinite_action": "on a non-finite epoch: skip (discard the epoch, go on) or stop",
 }

@@ -19,6 +19,7 @@ GRAPH_MODES = ("auto", "on", "off")
 AMP_MODES = ("none", "bf16")
 SIGNAL_MODES = ("last", "epoch-avg")
 NONFINITE_ACTIONS = ("skip", "stop")
+INTERVAL_UNITS = ("steps", "samples")
 
 
 @dataclass
@@ -55,7 +56,8 @@ class TrainConfig:
     grow_factor: float | None = None
     rollback_factor: float | None = None
     milestones: list[int] = field(default_factory=list)  # step-grow
-    decision_interval: int | None = None  # decide every N steps instead of every epoch
+    decision_interval: int | None = None  # decide every N steps (or samples) instead of every epoch
+    decision_interval_unit: str = "steps"  # what decision_interval counts: steps or samples (global)
     # signals
     signals_mode: str = "last"
     signals_every: int = 1
@@ -66,6 +68,7 @@ class TrainConfig:
     graphs: str = "auto"
     channels_last: bool = False
     micro_batch: int | None = None  # gradient accumulation: largest micro-batch per forward/backward
+    accumulate: bool = False  # on out of memory, shrink the micro-batch instead of capping the batch size
     seed: int = 42
     deterministic: bool = False
     # safety
@@ -95,6 +98,9 @@ class TrainConfig:
         choice("amp", AMP_MODES)
         choice("signals_mode", SIGNAL_MODES)
         choice("nonfinite_action", NONFINITE_ACTIONS)
+        choice("decision_interval_unit", INTERVAL_UNITS)
+        if not isinstance(self.accumulate, bool):
+            raise DebaError(f"accumulate must be true or false, got {self.accumulate!r}")
         for name in ("epochs", "start_batch", "eval_every", "signals_every", "max_nonfinite", "concurrent_runs"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

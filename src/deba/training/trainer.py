@@ -4,6 +4,34 @@ One run = one call of :func:`train`. Per epoch (or per decision period, see ``de
 train at the policy's batch size with no host sync per step, read the signals once, let the policy
 decide, evaluate, checkpoint, and rewrite the run's log files atomically.
 
+Data: a built-in dataset by name (or an in-memory ``ArrayDataset`` passed as ``dataset=``) goes through
+the on-device :class:`deba.data.DeviceLoader`; a user's own ``torch.utils.data.Dataset``
+(``train_dataset=``, ``test_dataset=``) goes through :class:`deba.data.DataLoaderSource`, an ordinary
+``DataLoader`` rebuilt for each new batch size, with the same seeded per-epoch order; the dataset does
+its own transforms (``augment`` does not apply) and is evaluated with a plain ``DataLoader``.
+
+Decision periods (``decision_interval`` N, ``decision_interval_unit`` steps or samples): the policy
+decides after the first step that brings the steps (or global samples) since the last decision to N or
+more, so a period may straddle an epoch boundary; the counters, the signal accumulators of the open
+period and its starting model/optimizer state are checkpointed, so a resumed run makes the same
+decisions. The policy's index (``epoch`` in its records) counts periods; window and cooldown count
+periods. ``decisions.jsonl`` holds one record per period: the policy's record plus ``steps`` and
+``samples`` of the period, ``nonfinite_steps``, ``epoch_of_period`` (the epoch it ended in) and
+``global_step`` (optimisation steps of the run so far). ``epochs.jsonl`` keeps one record per epoch with
+``decision: "periods"``, ``periods`` (indices of the periods that ended in the epoch), ``batch_size``
+(at the epoch's start), ``next_batch_size`` (at its end), ``batch_steps`` ([batch size, steps] in the
+order trained), ``steps``, ``samples``, ``loss`` (mean step loss of the finite steps of the periods that
+ended in the epoch, which may include steps of the previous epoch; null when none ended), ``non_finite``
+(any of them was), and the signal fields (grad_var, grad_norm, dnorm, dloss, conf, in_cooldown) null:
+they are per period, in decisions.jsonl.
+
+Gradient accumulation (``micro_batch``, ``accumulate``): the step splits a batch into micro-batches and
+accumulates their gradients before one update, which is the full batch's update (exactly so without
+BatchNorm). With ``accumulate`` an out-of-memory error does not cap the batch size: the micro-batch (per
+process) is halved from the failing size, or from the current micro-batch, until a step fits; the size
+found is kept for the rest of the run (run state and checkpoint), so the policy's batch stays the
+optimisation batch and the signals are those of the accumulated gradient.
+
 Safety rules, each tested (docs/reliability.md):
 - Resume: a checkpoint holds model, optimizer, policy, every RNG, counters and the records so far; the
   data order and augmentation are functions of (seed, epoch, sample index), so a resumed run repeats
@@ -13,10 +41,14 @@ Safety rules, each tested (docs/reliability.md):
   largest size that completed a step, and the epoch continues from the first sample not yet trained on,
   at the capped size. The failed step applied no update (the error comes in the forward or backward
   pass or in graph capture, before the optimizer update), so no step is lost or applied twice.
-- Non-finite loss or gradient: detected on the device, read once per epoch. The epoch is discarded:
-  model and optimizer return to their state at the epoch's start, the policy holds, the run goes on with
-  the next epoch (fresh permutation). After ``max_nonfinite`` discarded epochs (or at the first with
-  ``nonfinite_action=stop``) the run stops with a valid checkpoint of the last good epoch.
+  With ``accumulate`` the batch is kept and the micro-batch shrinks instead (see above). BatchNorm
+  running statistics updated by the forward passes of a failed attempt are not rolled back.
+- Non-finite loss or gradient: detected on the device, read once per epoch (per period in interval
+  mode). The epoch (period) is discarded: model and optimizer return to their state at its start, the
+  policy holds, the run goes on with the next samples; the discarded samples are not trained again and
+  count as seen (learning-rate schedule, ``samples``). After ``max_nonfinite`` discarded epochs (periods)
+  (or at the first with ``nonfinite_action=stop``) the run stops with a valid checkpoint of the last
+  good state.
 """
 from __future__ import annotations
 
@@ -109,6 +141,10 @@ class RunState:
     best_test_acc: float | None = None
     best_epoch: int | None = None
     largest_ok_batch: int = 0
+    steps: int = 0  # optimisation steps of the run
+    micro_batch: int | None = None  # set by --accumulate after an out-of-memory error; kept for the run
+    since_decision_steps: int = 0  # interval mode: steps and global samples of the open period
+    since_decision_samples: int = 0
     records: list = field(default_factory=list)  # epochs.jsonl
     decisions: list = field(default_factory=list)  # decisions.jsonl (decision_interval mode)
     events: list = field(default_factory=list)
@@ -125,6 +161,10 @@ class Trainer:
         *,
         model: torch.nn.Module | None = None,
         dataset: Any = None,
+        train_dataset: Any = None,
+        test_dataset: Any = None,
+        num_classes: int | None = None,
+        dataloader_kwargs: dict | None = None,
         callbacks: list[Any] = (),
         step_factory: Callable | None = None,
     ):
@@ -140,7 +180,13 @@ class Trainer:
         self._current_epoch: int | None = None
         self._user_model = model
         self._dataset = dataset
+        self._train_dataset = train_dataset
+        self._test_dataset = test_dataset
+        self._num_classes = num_classes
+        self._dataloader_kwargs = dict(dataloader_kwargs or {})
         self._step_factory = step_factory
+        # interval mode: model and optimizer at the start of the open period (restored if it is non-finite)
+        self._period_snapshot: dict | None = None
         self._setup()
 
     # --- setup ---------------------------------------------------------------------------------
@@ -151,22 +197,33 @@ class Trainer:
         from .step import make_step
 
         c = self.config
-        ds = self._dataset
-        if ds is None:
-            ds = load_dataset(c.dataset, data=c.data, download=c.download, subset=c.subset, subset_seed=c.subset_seed)
-        self.data = ds
-        n_train = int(ds.train_x.shape[0])
-        self.loader = DeviceLoader(ds.train_x, ds.train_y, c.start_batch, self.device, ds.mean, ds.std,
-                                   augment=c.augment, seed=c.seed, rank=self.dist.rank, world_size=self.dist.world_size)
-        self.test_loader = DeviceLoader(ds.test_x, ds.test_y, min(1000, int(ds.test_x.shape[0])), self.device, ds.mean,
-                                        ds.std, augment=False, seed=c.seed, ordered=True)
+        if self._train_dataset is not None:
+            n_train, num_classes = self._setup_user_data()
+        else:
+            if self._test_dataset is not None:
+                raise DebaError("test_dataset needs train_dataset (or pass an ArrayDataset as dataset=)")
+            ds = self._dataset
+            if ds is None:
+                ds = load_dataset(c.dataset, data=c.data, download=c.download, subset=c.subset,
+                                  subset_seed=c.subset_seed)
+            self.data = ds
+            n_train, num_classes = int(ds.train_x.shape[0]), ds.num_classes
+            self.dataset_name = c.dataset if self._dataset is None else getattr(ds, "name", c.dataset)
+            self.loader = DeviceLoader(ds.train_x, ds.train_y, c.start_batch, self.device, ds.mean, ds.std,
+                                       augment=c.augment, seed=c.seed, rank=self.dist.rank,
+                                       world_size=self.dist.world_size)
+            self.test_loader = DeviceLoader(ds.test_x, ds.test_y, min(1000, int(ds.test_x.shape[0])), self.device,
+                                            ds.mean, ds.std, augment=False, seed=c.seed, ordered=True)
         self.policy: BatchSizePolicy = build_policy(c, policy_arch_name(c), n_train)
         if self.dist.world_size > 1 and self.policy.b_min < self.dist.world_size:
             raise DebaError(f"b_min {self.policy.b_min} is smaller than the number of ranks {self.dist.world_size}")
 
         model = self._user_model
         if model is None:
-            model = build_model(c.model or c.arch, ds.num_classes)
+            if num_classes is None:
+                raise DebaError("num_classes is needed to build the model for a user's dataset "
+                                "(or pass model=)")
+            model = build_model(c.model or c.arch, num_classes)
         model = model.to(self.device)
         if c.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -196,13 +253,45 @@ class Trainer:
                 raise DebaError("--tensorboard needs the tensorboard package: pip install 'deba[tensorboard]'") from None
             self.tb = SummaryWriter(c.tensorboard)
 
+    def _setup_user_data(self) -> tuple[int, int | None]:
+        """A user's own Dataset: DataLoaderSource for training, a plain DataLoader for evaluation."""
+        from torch.utils.data import DataLoader
+
+        from ..data import DataLoaderSource
+
+        c = self.config
+        if self._dataset is not None:
+            raise DebaError("pass either dataset= (an ArrayDataset) or train_dataset=, not both")
+        kwargs = self._dataloader_kwargs
+        for forbidden in ("batch_size", "shuffle", "sampler", "batch_sampler", "drop_last"):
+            if forbidden in kwargs:
+                raise DebaError(f"dataloader_kwargs: the trainer sets {forbidden} itself; do not pass it")
+        self.data = None
+        self.dataset_name = f"user:{type(self._train_dataset).__name__}"
+        self.loader = DataLoaderSource(self._train_dataset, c.start_batch, shuffle=True, seed=c.seed,
+                                       device=self.device, rank=self.dist.rank, world_size=self.dist.world_size,
+                                       **kwargs)
+        self.test_loader = None
+        test = self._test_dataset
+        if test is not None:
+            if not hasattr(test, "__len__") or len(test) == 0:
+                raise DebaError("test_dataset must be a map-style Dataset with at least one sample")
+            eval_kwargs = dict(kwargs)
+            eval_kwargs.setdefault("pin_memory", self.device.type == "cuda")
+            self.test_loader = DataLoader(test, batch_size=min(1000, len(test)), shuffle=False, **eval_kwargs)
+        return self.loader.num_samples, self._num_classes
+
     # --- checkpoints -----------------------------------------------------------------------------
     def checkpoint_path(self) -> Path | None:
         return self.out / CHECKPOINT_NAME if self.out else None
 
     def save(self) -> None:
+        """Write the checkpoint (rank 0); every rank must call it (the open period's sums are reduced)."""
         path = self.checkpoint_path()
-        if path is None or not self.dist.is_main:
+        if path is None:
+            return
+        signals = self._signals_state()
+        if not self.dist.is_main:
             return
         save_checkpoint(path, {
             "config": self.config.to_dict(),
@@ -211,7 +300,23 @@ class Trainer:
             "policy": self.policy.state_dict(),
             "rng": rng_state(),
             "run": self.state.to_dict(),
+            # interval mode: the open period's accumulators and its starting state (None between periods)
+            "signals": signals,
+            "period_start": self._period_snapshot,
         })
+
+    def _signals_state(self) -> dict:
+        """The signal accumulators; with several ranks the per-rank sums (loss, steps) are summed, so that
+        rank 0 can hold them all after a resume and the period's closing all-reduce counts them once."""
+        state = self.signals.state_dict()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            keys = ("loss_sum", "steps", "nonfinite_steps")
+            t = torch.tensor([state[k] for k in keys], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            state.update(zip(keys, t.tolist()))
+        return state
 
     def resume(self) -> bool:
         path = self.checkpoint_path()
@@ -232,6 +337,14 @@ class Trainer:
         set_rng_state(payload["rng"])
         self.state = RunState(**payload["run"])
         self.state.status = "running"
+        signals = payload.get("signals")
+        if signals is not None:
+            if not self.dist.is_main:  # rank 0 holds the summed per-rank sums (see _signals_state)
+                signals = {**signals, "loss_sum": 0.0, "steps": 0.0, "nonfinite_steps": 0.0}
+            self.signals.load_state_dict(signals)
+        self._period_snapshot = payload.get("period_start")
+        if self.state.micro_batch is not None:
+            self._set_micro_batch(self.state.micro_batch)
         self._event(f"resumed from checkpoint at epoch {self.state.epoch}")
         return True
 
@@ -260,7 +373,7 @@ class Trainer:
         return {
             "run_name": c.run_name or (Path(c.out).name if c.out else None),
             "arch": c.model or c.arch,
-            "dataset": c.dataset,
+            "dataset": self.dataset_name,
             "policy": self.policy.name,
             "preset": getattr(self.policy, "preset", None),
             "seed": c.seed,
@@ -281,6 +394,9 @@ class Trainer:
             "max_batch_size": max((r["batch_size"] for r in recs), default=None),
             "b_max_cap": self.policy.b_max_cap,
             "samples_seen": s.samples_seen,
+            "steps": s.steps,
+            "decisions": s.period,
+            "micro_batch": self.step.micro_batch,
             "events": s.events,
             "concurrent_runs": c.concurrent_runs,
             "world_size": self.dist.world_size,
@@ -304,75 +420,149 @@ class Trainer:
     def _set_batch(self, size: int) -> None:
         self.loader.set_batch_size(size)
 
+    def _free_memory(self) -> None:
+        if hasattr(self.step, "free_graphs"):
+            self.step.free_graphs()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _set_micro_batch(self, size: int) -> None:
+        """Split every batch into micro-batches of at most ``size`` samples (per process) from now on.
+
+        A CUDA-graph step keys its graphs by input shape only and captured the old split, so its graphs
+        are dropped and recaptured at the next call."""
+        self.step.micro_batch = int(size)
+        if hasattr(self.step, "free_graphs"):
+            self.step.free_graphs()
+
     def _handle_oom(self, failed: int, err: BaseException) -> None:
+        if self.config.accumulate:
+            self._shrink_micro_batch(failed)
+            return
         good = self.state.largest_ok_batch
         if good <= 0 or good >= failed:
             good = max(self.policy.b_min, failed // 2) if good <= 0 else good
         if failed <= self.policy.b_min:
             raise DebaError(f"out of memory at batch size {failed}, the smallest allowed (b_min); "
-                            "use a smaller model, --micro-batch, or --amp bf16") from None
-        if hasattr(self.step, "free_graphs"):
-            self.step.free_graphs()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+                            "use a smaller model, --accumulate, --micro-batch, or --amp bf16") from None
+        self._free_memory()
         self.policy.cap_batch_size(min(good, failed - 1))
         self._event(f"out of memory at batch size {failed}; B_max capped at {self.policy.effective_b_max}, "
                     f"continuing the epoch at batch size {self.policy.batch_size}")
 
+    def _shrink_micro_batch(self, failed: int) -> None:
+        """--accumulate: halve the micro-batch the failed step ran (the per-process batch when none was set).
+
+        Called again on each failure, so the halving goes on until a step fits; the size found stays."""
+        per_process = self.loader.per_rank_batch_size
+        current = self.step.micro_batch
+        ran = per_process if current is None else min(current, per_process)
+        if ran <= 1:
+            raise DebaError(f"out of memory at batch size {failed} even with micro-batches of 1 sample; "
+                            "use a smaller model or --amp bf16") from None
+        self._free_memory()
+        size = ran // 2
+        self._set_micro_batch(size)
+        self.state.micro_batch = size
+        self._event(f"micro-batch set to {size} after out of memory at batch size {failed}")
+
+    def _period_due(self) -> bool:
+        c, s = self.config, self.state
+        done = s.since_decision_samples if c.decision_interval_unit == "samples" else s.since_decision_steps
+        return done >= c.decision_interval
+
     def _train_epoch(self, epoch: int) -> dict:
-        """Train one epoch; returns the epoch's training stats. Decides mid-epoch in interval mode."""
-        c = self.config
+        """Train one epoch; returns the epoch's training stats. Decides mid-epoch in interval mode.
+
+        After an out-of-memory error or a decision that changes the batch size, the epoch goes on from
+        the first sample of its order not yet trained on, cut into batches of the new size."""
+        c, s = self.config, self.state
+        interval = bool(c.decision_interval)
         self.loader.set_epoch(epoch)
         batch_at_start = self.policy.batch_size
-        self._set_batch(batch_at_start)
-        offset, steps, since_decision = 0, 0, 0
-        period_losses: list[tuple[float, int]] = []
+        offset, steps, samples = 0, 0, 0
+        batch_steps: list[list[int]] = []  # [batch size, steps] in the order trained
+        periods: list[dict] = []  # decisions made in this epoch
         self.train_module.train()
-        while True:
+        while s.status == "running":
             size = self.policy.batch_size
             self._set_batch(size)
             global_b = self.loader.global_batch_size
             restart = False
             try:
                 for x, y in self.loader.batches(start_sample=offset):
+                    if interval and self._period_snapshot is None:
+                        self._period_snapshot = snapshot_state(self.model, self.step.state_dict())
                     self.step.set_lr(self._lr())
                     if self.signals.mode == "epoch-avg":
-                        self.step.observe_gradients_next = self.signals.should_observe(steps)
+                        # every-k gating counts the steps of the signals' own span: the period or the epoch
+                        index = s.since_decision_steps if interval else steps
+                        self.step.observe_gradients_next = self.signals.should_observe(index)
                     self.step(x, y)
                     offset += global_b
                     steps += 1
-                    since_decision += 1
-                    self.state.samples_seen += global_b
-                    self.state.largest_ok_batch = max(self.state.largest_ok_batch, size)
-                    if c.decision_interval and since_decision >= c.decision_interval:
-                        since_decision = 0
-                        rec = self._decide(period_end_epoch=epoch)
-                        period_losses.append((rec.get("loss"), rec.get("steps", 0)))
-                        if rec["next_batch_size"] != size:
-                            restart = True
-                            break
+                    samples += global_b
+                    s.steps += 1
+                    s.samples_seen += global_b
+                    s.largest_ok_batch = max(s.largest_ok_batch, size)
+                    if batch_steps and batch_steps[-1][0] == global_b:
+                        batch_steps[-1][1] += 1
+                    else:
+                        batch_steps.append([global_b, 1])
+                    if interval:
+                        s.since_decision_steps += 1
+                        s.since_decision_samples += global_b
+                        if self._period_due():
+                            periods.append(self._decide(period_end_epoch=epoch))
+                            if s.status != "running" or self.policy.batch_size != size:
+                                restart = True
+                                break
             except OOM_ERRORS as e:
                 self._handle_oom(size, e)
                 restart = True
             if not restart:
                 break
-        return {"steps": steps, "batch_at_start": batch_at_start, "period_losses": period_losses}
+        return {"steps": steps, "samples": samples, "batch_at_start": batch_at_start, "batch_steps": batch_steps,
+                "periods": periods}
 
     def _decide(self, period_end_epoch: int) -> dict:
         """Read the period's signals (the one host sync), let the policy decide, keep the record."""
+        c, s = self.config, self.state
         sig = self.signals.end_epoch()
-        self.state.period += 1
+        s.period += 1
         nonfinite = sig["nonfinite_steps"] > 0 or not all(
             v is not None and math.isfinite(v) for v in (sig["grad_var"], sig["grad_norm"], sig["loss"]))
-        signals = EpochSignals(self.state.period, sig["grad_var"], sig["grad_norm"], None if nonfinite else sig["loss"])
+        signals = EpochSignals(s.period, sig["grad_var"], sig["grad_norm"], None if nonfinite else sig["loss"])
         if self.dist.enabled:  # decided once on rank 0 and broadcast, so every rank makes the identical decision
             rec = self._broadcast_decision(signals)
         else:
             rec = self.policy.step(signals).to_dict()
         rec.update(steps=sig["steps"], nonfinite_steps=sig["nonfinite_steps"], epoch_of_period=period_end_epoch)
-        if self.config.decision_interval:
-            self.state.decisions.append(rec)
+        if c.decision_interval:
+            # steps as counted here (per process); sig["steps"] sums over ranks
+            rec.update(steps=s.since_decision_steps, samples=s.since_decision_samples, global_step=s.steps)
+            s.since_decision_steps = s.since_decision_samples = 0
+            if nonfinite:
+                self._discard_period(rec)
+            self._period_snapshot = None
+            s.decisions.append(rec)
         return rec
+
+    def _discard_period(self, rec: dict) -> None:
+        """Interval mode, non-finite period: back to the model and optimizer at the period's start."""
+        c, s = self.config, self.state
+        s.nonfinite_events += 1
+        snap = self._period_snapshot
+        if snap is not None:
+            self.model.load_state_dict(snap["model"])
+            self.step.load_state_dict(snap["optimizer"])
+        self._event(f"non-finite loss or gradient in period {rec['epoch']} ({rec['nonfinite_steps']} step(s)): "
+                    f"period discarded, model and optimizer restored to the start of the period "
+                    f"({s.nonfinite_events}/{c.max_nonfinite})")
+        if c.nonfinite_action == "stop" or s.nonfinite_events >= c.max_nonfinite:
+            s.status = "stopped: non-finite"
+            self._event(f"stopping: {s.nonfinite_events} non-finite period(s); "
+                        "the checkpoint holds the last good state")
 
     def _broadcast_decision(self, signals: EpochSignals) -> dict:
         import torch.distributed as dist
@@ -396,8 +586,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         n = 0
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.amp == "bf16" else _null()
-        self.test_loader.set_epoch(0)
-        for x, y in self.test_loader.batches(start_sample=0, drop_last=False):
+        for x, y in self._test_batches():
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with amp:
@@ -408,6 +597,18 @@ class Trainer:
         model.train(was_training)
         vals = torch.stack([correct, loss_sum]).tolist()
         return 100.0 * vals[0] / max(1, n), vals[1] / max(1, n)
+
+    def _test_batches(self):
+        if isinstance(self.test_loader, torch.utils.data.DataLoader):  # a user's test Dataset
+            non_blocking = self.device.type == "cuda"
+            for batch in self.test_loader:
+                if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+                    raise DebaError("test_dataset items must be (input, label) pairs")
+                yield batch[0].to(self.device, non_blocking=non_blocking), batch[1].to(self.device,
+                                                                                      non_blocking=non_blocking)
+            return
+        self.test_loader.set_epoch(0)
+        yield from self.test_loader.batches(start_sample=0, drop_last=False)
 
     def fit(self, resume: bool = False) -> dict:
         c = self.config
@@ -451,17 +652,22 @@ class Trainer:
         epoch = s.epoch + 1
         self._current_epoch = epoch
         lr_at_start = self._lr()
-        snapshot = snapshot_state(self.model, self.step.state_dict())
+        # interval mode restores per period (see _decide); the epoch needs no snapshot of its own
+        snapshot = None if c.decision_interval else snapshot_state(self.model, self.step.state_dict())
         self._sync()
         t0 = time.perf_counter()
         stats = self._train_epoch(epoch)
         if c.decision_interval:
             # the epoch's record sums up the periods that ended in it; the policy already decided on them
-            losses = [(lo, n) for lo, n in stats["period_losses"] if lo is not None]
-            rec = {"epoch": epoch, "batch_size": stats["batch_at_start"], "decision": "periods",
+            periods = stats["periods"]
+            losses = [(p["loss"], p["steps"]) for p in periods if p["loss"] is not None]
+            rec = {"epoch": epoch, "batch_size": stats["batch_at_start"], "grad_var": None, "grad_norm": None,
                    "loss": (sum(lo * n for lo, n in losses) / sum(n for _, n in losses)) if losses else None,
-                   "next_batch_size": self.policy.batch_size, "non_finite": False}
-            nonfinite = False
+                   "dnorm": None, "dloss": None, "conf": None, "decision": "periods", "in_cooldown": None,
+                   "non_finite": any(p["non_finite"] for p in periods),
+                   "reason": f"{len(periods)} decision(s) in this epoch, see decisions.jsonl",
+                   "next_batch_size": self.policy.batch_size, "periods": [p["epoch"] for p in periods]}
+            nonfinite = False  # handled per period
         else:
             rec = self._decide(period_end_epoch=epoch)
             rec["epoch"] = epoch
@@ -483,7 +689,7 @@ class Trainer:
 
         test_acc = test_loss = None
         eval_time = 0.0
-        if epoch % c.eval_every == 0 or epoch == c.epochs:
+        if self.test_loader is not None and (epoch % c.eval_every == 0 or epoch == c.epochs):
             t1 = time.perf_counter()
             if self.dist.is_main:
                 test_acc, test_loss = self.evaluate()
@@ -492,9 +698,9 @@ class Trainer:
             s.eval_time_s += eval_time
             if test_acc is not None and (s.best_test_acc is None or test_acc > s.best_test_acc):
                 s.best_test_acc, s.best_epoch = test_acc, epoch
-        rec.update(steps=stats["steps"], samples=stats["steps"] * self.loader.global_batch_size if not c.decision_interval else None,
-                   lr=lr_at_start, train_time_s=train_time, eval_time_s=eval_time, test_acc=test_acc,
-                   test_loss=test_loss, b_max_cap=self.policy.b_max_cap,
+        rec.update(steps=stats["steps"], samples=stats["samples"], batch_steps=stats["batch_steps"],
+                   micro_batch=self.step.micro_batch, lr=lr_at_start, train_time_s=train_time, eval_time_s=eval_time,
+                   test_acc=test_acc, test_loss=test_loss, b_max_cap=self.policy.b_max_cap,
                    events=[e["event"] for e in s.events if e["epoch"] == epoch])
         rec.pop("epoch_of_period", None)
         s.records.append(rec)
@@ -531,9 +737,19 @@ def _device_name(device: torch.device) -> str:
 
 
 def train(config: TrainConfig, *, resume: bool = False, model: torch.nn.Module | None = None, dataset: Any = None,
-          callbacks: list[Any] = ()) -> dict:
-    """Run one training run and return its summary (also written to ``config.out``)."""
-    trainer = Trainer(config, model=model, dataset=dataset, callbacks=callbacks)
+          train_dataset: Any = None, test_dataset: Any = None, num_classes: int | None = None,
+          dataloader_kwargs: dict | None = None, callbacks: list[Any] = ()) -> dict:
+    """Run one training run and return its summary (also written to ``config.out``).
+
+    Data, one of: ``config.dataset`` by name (default); ``dataset=`` an in-memory
+    :class:`deba.data.ArrayDataset`; or a user's own map-style ``torch.utils.data.Dataset`` of
+    ``(input, label)`` pairs as ``train_dataset=`` (and optionally ``test_dataset=``, evaluated with a
+    plain ``DataLoader``; without it nothing is evaluated), read through an ordinary ``DataLoader``
+    rebuilt for each batch size; ``dataloader_kwargs`` (``num_workers``, ``collate_fn``, ...) go to both
+    loaders. ``num_classes`` is needed to build a model by name for a user's dataset.
+    """
+    trainer = Trainer(config, model=model, dataset=dataset, train_dataset=train_dataset, test_dataset=test_dataset,
+                      num_classes=num_classes, dataloader_kwargs=dataloader_kwargs, callbacks=callbacks)
     return trainer.fit(resume=resume)
 
 
