@@ -106,3 +106,27 @@ def test_python_dash_m_entry_point(tmp_path):
                         "--epochs", "1", "--policy", "fixed", "--device", "cpu", "--quiet", "--out", str(tmp_path / "m")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_no_host_read_per_step(tmp_path, monkeypatch):
+    """The loop reads device values once per epoch (signals) plus once per evaluation, never per step."""
+    import torch
+
+    cfg = TrainConfig(**TINY, epochs=2, policy="deba", theta_stab=5.0, theta_conf=0.9, cooldown=0,
+                      out=str(tmp_path / "s"), checkpoint_every=0)
+    from deba.training.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _real=real, _name=name, **k):
+            reads.append(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    trainer.fit()
+    steps = sum(r["steps"] for r in trainer.state.records)
+    assert steps > 50
+    assert len(reads) <= 2 * cfg.epochs, reads  # one signal read + one evaluation read per epoch
