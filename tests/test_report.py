@@ -22,6 +22,7 @@ ARMS = {
     "paper-bounded": {"policy": "deba", "preset": "paper-bounded"},
     "bounded-universal": {"policy": "deba", "preset": "paper-bounded", "universal_thresholds": True},
     "bounded-cooldown1": {"policy": "deba", "preset": "paper-bounded", "cooldown": 1},  # 1 of 20 ~ paper's 5
+    "fixed-cosine": {"policy": "fixed", "lr_schedule": "cosine"},
 }
 # (arm, seed) -> final acc %, training seconds, batch size per epoch
 RUNS = {
@@ -34,6 +35,9 @@ RUNS = {
     ("bounded-universal", 2): (78.0, 120.0, [64] * 10 + [51] * 10),
     ("bounded-universal", 7): (79.0, 99.0, [64] * 20),
     ("bounded-cooldown1", 2): (77.0, 50.0, [64] * 2 + [96] * 2 + [144] * 16),
+    ("fixed-cosine", 2): (81.5, 104.0, [64] * EPOCHS),
+    ("fixed-cosine", 7): (82.5, 100.0, [64] * EPOCHS),
+    ("fixed-cosine", 42): (80.0, 96.0, [64] * EPOCHS),
 }
 INCOMPLETE = ("paper-bounded", 123)
 
@@ -240,8 +244,14 @@ def _expected_calibration(logs: list[list[dict]], window: int = 15) -> dict:
         cls = "naturally unstable"
     else:
         cls = "intermediate"
-    return {"theta_stab": np.percentile(dnorm, 75), "theta_conf": np.median(conf_ratio),
-            "theta_conf_bounded": np.median(conf_bounded), "mu_S": mu, "sigma_S": sigma, "class": cls}
+    return {
+        "theta_stab": np.percentile(dnorm, 75),
+        "theta_conf": np.median(conf_ratio),
+        "theta_conf_bounded": np.median(conf_bounded),
+        "mu_S": mu,
+        "sigma_S": sigma,
+        "class": cls,
+    }
 
 
 def test_tables_1_and_2_from_the_fixed_runs(study_dir):
@@ -249,7 +259,9 @@ def test_tables_1_and_2_from_the_fixed_runs(study_dir):
     rs = report.load_runs([study_dir])
     t4 = report.table4(rs)
     t1, t2 = report.tables_1_2(rs, t4)
-    logs = [report.load_runs([study_dir / "cifar10" / "resnet18" / "fixed"]).runs[i].records for i in range(3)]
+    logs = [
+        report.load_runs([study_dir / "cifar10" / "resnet18" / "fixed"]).runs[i].records for i in range(3)
+    ]
     exp = _expected_calibration(logs)
     (r1,) = t1.itertuples()
     assert (r1.arch, r1.n_runs, r1.paper_theta_stab, r1.paper_theta_conf) == ("resnet18", 3, 0.55, 0.6)
@@ -403,6 +415,12 @@ def test_full_report_files(study_dir, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "ddof=1" in md and "shared x2" in md and "83.05 ± 0.51" in md
     assert "| cifar10 | resnet18 | paper-bounded | 3 (+1 not complete) | 81.83 ± 0.76 | 85.48 ± 0.66 |" in md
+    # every arm against fixed-cosine: paper-bounded +0.5 ± 0.5 points (hand-worked), CSV beside
+    assert (
+        "## Every arm vs fixed-cosine" in md
+        and "| cifar10 | resnet18 | paper-bounded | 3 | 81.83 | 81.33 | +0.50 ± 0.50 |" in md
+    )
+    assert len(pd.read_csv(out / "table4_vs_reference.csv")) == len(ARMS)
     for name in (
         "fig1_epoch_time_vs_batch.png",
         "fig2_grad_var_cifar10.png",
@@ -457,3 +475,78 @@ def test_mean_std_and_paired_speedup_small_cases():
     p = report.paired_speedup({1: 50.0, 2: 80.0, 3: 10.0}, {1: 100.0, 2: 100.0})  # seed 3 has no partner
     assert p["n_pairs"] == 2 and p["speedup_pct"] == pytest.approx(35.0)
     assert p["throughput"] == pytest.approx(100.0 / 65.0)
+
+
+def _expected_time_to(acc_final: float, train_s: float, target: float) -> float | None:
+    """Worked out from the fixture's own formula: test acc at epoch e is final - (E - e) / 2, plus 2 at E - 3;
+    each epoch takes train_s / E."""
+    for e in range(1, EPOCHS + 1):
+        acc = acc_final - (EPOCHS - e) * 0.5 + (2.0 if e == EPOCHS - 3 else 0.0)
+        if acc >= target:
+            return train_s * e / EPOCHS
+    return None
+
+
+def test_every_arm_vs_fixed_cosine_against_numpy(study_dir):
+    rs = report.load_runs([study_dir])
+    t = report.table_vs_reference(rs)
+    assert sorted(t.arm) == sorted(ARMS) and set(t.reference_arm) == {"fixed-cosine"}
+    assert t.arm.iloc[0] == "fixed-cosine"  # the reference first, as fixed leads Table 4
+    ref = {s: RUNS["fixed-cosine", s] for s in _seeds("fixed-cosine")}
+    target = np.mean([v[0] for v in ref.values()])
+    for arm in ARMS:
+        row = _row(t, arm)
+        seeds = [s for s in _seeds(arm) if s in ref]
+        d = np.array([RUNS[arm, s][0] - ref[s][0] for s in seeds])
+        ratio = np.array([RUNS[arm, s][1] / ref[s][1] for s in seeds])
+        assert row.n_pairs == len(seeds) and row.n == len(_seeds(arm))
+        assert row.delta_acc == pytest.approx(d.mean()) and row.time_ratio == pytest.approx(ratio.mean())
+        if len(seeds) > 1:
+            assert row.delta_acc_std == pytest.approx(d.std(ddof=1))
+            assert row.time_ratio_std == pytest.approx(ratio.std(ddof=1))
+        aps = np.mean([RUNS[arm, s][0] / RUNS[arm, s][1] for s in _seeds(arm)])
+        ref_aps = np.mean([v[0] / v[1] for v in ref.values()])
+        assert row.acc_per_s == pytest.approx(aps) and row.acc_per_s_ratio == pytest.approx(aps / ref_aps)
+        reach = [_expected_time_to(RUNS[arm, s][0], RUNS[arm, s][1], target) for s in _seeds(arm)]
+        reached = [x for x in reach if x is not None]
+        assert row.reached_reference_acc == len(reached)
+        if reached:
+            assert row.time_to_reference_acc_s == pytest.approx(np.mean(reached))
+        else:
+            assert math.isnan(row.time_to_reference_acc_s)
+    # hand-worked: paper-bounded is +0.5, 0, +1 points over fixed-cosine at 60/104, 55/100, 72/96 of its time
+    pb = _row(t, "paper-bounded")
+    assert pb.delta_acc == pytest.approx(0.5)
+    assert pb.time_ratio == pytest.approx((60 / 104 + 55 / 100 + 72 / 96) / 3)
+    cos = _row(t, "fixed-cosine")
+    assert (cos.delta_acc, cos.time_ratio) == (0.0, 1.0)
+    # the incomplete paper-bounded seed 123 has no partner and no accuracy: left out
+    assert pb.n == 3
+
+
+def test_reference_arm_by_name_or_config(study_dir, tmp_path):
+    rs = report.load_runs([study_dir])
+    t = report.table_vs_reference(rs, reference="fixed")
+    assert set(t.reference_arm) == {"fixed"} and _row(t, "fixed-cosine").delta_acc == pytest.approx(
+        np.mean([81.5 - 80.0, 82.5 - 81.0, 80.0 - 79.5])
+    )
+    # an arm under another name whose config is fixed B=64 + cosine is found by its config
+    renamed = tmp_path / "renamed"
+    for (arm, seed), (acc, tt, sizes) in RUNS.items():
+        if arm in ("fixed", "fixed-cosine", "paper-bounded"):
+            write_run(renamed, arm, seed, acc, tt, sizes)
+    arms_dir = renamed / "cifar10" / "resnet18"
+    (arms_dir / "fixed-cosine").rename(arms_dir / "cos")
+    t = report.table_vs_reference(report.load_runs([renamed]))
+    assert set(t.reference_arm) == {"cos"} and set(t.arm) == {"cos", "fixed", "paper-bounded"}
+    # no reference at all: an empty table, said so in the report
+    only = tmp_path / "only"
+    for (arm, seed), (acc, tt, sizes) in RUNS.items():
+        if arm == "fixed":
+            write_run(only, arm, seed, acc, tt, sizes)
+    assert report.table_vs_reference(report.load_runs([only])).empty
+    res = report.build_report([only], tmp_path / "r", figures=False)
+    assert "No fixed-cosine arm" in (tmp_path / "r" / "report.md").read_text()
+    assert res["table4_vs_reference"].empty
+    res = report.build_report([only], tmp_path / "r2", figures=False, reference="nope")
+    assert any("no arm named 'nope'" in n for n in res["notes"])

@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deba import study
@@ -21,7 +22,8 @@ from deba.training.config import TrainConfig
 
 # A stand-in for `deba train --config F --out D [--resume] --quiet`: one line per "epoch", a checkpoint after
 # each, a summary at the end. FAKE_MODE=die: killed right after the first checkpoint unless resuming;
-# FAKE_MODE=sleep: sleeps after each checkpoint (for the time limit); FAKE_SLEEP: seconds per epoch.
+# FAKE_MODE=sleep: sleeps after each checkpoint (for the time limit); FAKE_SLEEP: seconds per epoch;
+# FAKE_FAIL=text: runs whose name contains it exit 1 at once.
 FAKE_TRAIN = textwrap.dedent(r"""
     import argparse, json, os, signal, sys, time
     from pathlib import Path
@@ -36,23 +38,35 @@ FAKE_TRAIN = textwrap.dedent(r"""
     with open(os.environ["FAKE_LOG"], "a") as f:
         f.write(json.dumps({"run": cfg["run_name"], "resume": a.resume, "quiet": a.quiet, "pid": os.getpid(),
                             "concurrent_runs": cfg["concurrent_runs"], "lr": cfg["lr"],
+                            "start_batch": cfg["start_batch"], "thresholds": cfg.get("thresholds"),
                             "leftovers": sorted(x.name for x in out.iterdir()
                                                 if x.name not in (".lock", "run.log", "study-config.json"))}) + "\n")
     (out / "config.json").write_text(json.dumps({"schema_version": 1, **cfg}))
+    if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in cfg["run_name"]:
+        sys.exit(1)
     start = int(ckpt.read_text()) if resuming else 0
     mode = os.environ.get("FAKE_MODE", "")
+    seed = cfg["seed"]
     for e in range(start + 1, cfg["epochs"] + 1):
+        # signals that differ by seed and epoch, for calibration from these logs
+        rec = {"schema_version": 1, "epoch": e, "batch_size": cfg["start_batch"],
+               "grad_var": 1e-3 * (1 + 0.1 * ((7 * seed + 3 * e) % 5)),
+               "grad_norm": 1 + 0.05 * ((seed + 2 * e) % 7),
+               "loss": 2.0 / e + 0.01 * (seed % 3)}
         with open(out / "epochs.jsonl", "a") as f:
-            f.write(json.dumps({"schema_version": 1, "epoch": e, "batch_size": cfg["start_batch"]}) + "\n")
+            f.write(json.dumps(rec) + "\n")
         ckpt.write_text(str(e))
         time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
         if mode == "die" and not a.resume:
             os.kill(os.getpid(), signal.SIGKILL)
         if mode == "sleep":
             time.sleep(60)
+    # a DEBA run "grows" to a batch size that depends on its seed
+    max_b = 2 * cfg["start_batch"] + seed if cfg["policy"] == "deba" else cfg["start_batch"]
     (out / "summary.json").write_text(json.dumps({"schema_version": 1, "status": "complete", "seed": cfg["seed"],
                                                   "final_test_acc": 50.0, "train_time_s": 1.0,
-                                                  "batch_sizes": [cfg["start_batch"]], "final_batch_size": 64}))
+                                                  "batch_sizes": [cfg["start_batch"]], "final_batch_size": 64,
+                                                  "max_batch_size": max_b}))
 """)
 
 SPEC = {
@@ -87,6 +101,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.delenv("FAKE_MODE", raising=False)
     monkeypatch.delenv("FAKE_SLEEP", raising=False)
+    monkeypatch.delenv("FAKE_FAIL", raising=False)
 
     class Fake:
         command = [sys.executable, str(script)]
@@ -459,13 +474,22 @@ def test_missing_data_path_is_an_error(tmp_path, fake):
         run(spec, tmp_path / "out", fake)
 
 
-@pytest.mark.parametrize("name", ["paper.yaml", "quick.yaml"])
+@pytest.mark.parametrize("name", ["paper.yaml", "quick.yaml", "cpu-smoke.yaml"])
 def test_shipped_specs_expand(name):
     path = Path(__file__).resolve().parents[1] / "studies" / name
     spec = study.load_spec(path)
     plans = study.expand(spec)
     assert plans and len({p.run_id for p in plans}) == len(plans)
-    assert {p.arm for p in plans} >= {"fixed", "paper", "paper-bounded"}
+    assert {p.arm for p in plans} >= {
+        "fixed",
+        "fixed-cosine",
+        "fixed-large",
+        "paper",
+        "paper-bounded",
+        "calibrated",
+        "step-grow",
+        "deba-sqrt-cosine",
+    }
 
 
 @pytest.mark.slow
@@ -479,13 +503,26 @@ def test_end_to_end_with_the_real_trainer(tmp_path):
         pytest.skip(f"training stack not importable yet: {e}")
     from deba import report
 
-    spec = study.parse_spec({
-        "name": "e2e", "epochs": 3, "datasets": ["synthetic"], "archs": ["tiny_cnn"], "seeds": [0],
-        "common": {"device": "cpu", "graphs": "off", "subset": 512, "start_batch": 16, "lr": 0.02},
-        "arms": {"fixed": {"policy": "fixed"},
-                 "deba": {"policy": "deba", "preset": "paper-bounded", "theta_stab": 0.5, "theta_conf": 0.6,
-                          "cooldown": 1}},
-    })
+    spec = study.parse_spec(
+        {
+            "name": "e2e",
+            "epochs": 3,
+            "datasets": ["synthetic"],
+            "archs": ["tiny_cnn"],
+            "seeds": [0],
+            "common": {"device": "cpu", "graphs": "off", "subset": 512, "start_batch": 16, "lr": 0.02},
+            "arms": {
+                "fixed": {"policy": "fixed"},
+                "deba": {
+                    "policy": "deba",
+                    "preset": "paper-bounded",
+                    "theta_stab": 0.5,
+                    "theta_conf": 0.6,
+                    "cooldown": 1,
+                },
+            },
+        }
+    )
     out = tmp_path / "out"
     res = study.run_study(spec, out, parallel=2, log=quiet)
     assert res.exit_code == 0, [(o.run_id, o.detail) for o in res.outcomes]
@@ -497,3 +534,259 @@ def test_end_to_end_with_the_real_trainer(tmp_path):
     t4 = rep["table4"].set_index("arm")
     assert set(t4.index) == {"fixed", "deba"} and t4.loc["deba", "n_pairs"] == 1
     assert t4.loc["deba", "timing"] == "shared x2"
+
+
+# --- dependencies between arms ----------------------------------------------------------------------------
+DEP_SPEC = {
+    "name": "deps",
+    "epochs": 4,
+    "datasets": ["synthetic"],
+    "archs": ["tiny_cnn"],
+    "seeds": [1, 2, 3],
+    "common": {"device": "cpu", "window": 3},
+    "arms": {
+        "fixed": {"policy": "fixed"},
+        "bounded": {"policy": "deba", "preset": "paper-bounded", "theta_stab": 0.5, "theta_conf": 0.6},
+        "large": {"policy": "fixed", "start_batch": {"max_batch_of": "bounded"}},
+        "cal": {"policy": "deba", "preset": "paper-bounded", "thresholds": {"calibrate_from": "fixed"}},
+        "cal-ratio": {
+            "policy": "deba",
+            "preset": "paper",
+            "window": 2,
+            "thresholds": {"calibrate-from": "fixed"},
+        },
+    },
+}
+
+
+def _numpy_thresholds(logs: list[list[dict]], window: int, conf_mode: str) -> tuple[float, float]:
+    """Spec section 2 worked out with NumPy float64: 75th percentile of dnorm, median of conf, epochs 2..T."""
+    dnorm, conf = [], []
+    for recs in logs:
+        gv = np.array([r["grad_var"] for r in recs], dtype=np.float64)
+        norm = np.array([r["grad_norm"] for r in recs], dtype=np.float64)
+        dnorm += list(np.abs(np.diff(norm)) / (np.abs(norm[:-1]) + 1e-8))
+        med = np.array([np.median(gv[max(0, t - window + 1) : t + 1]) for t in range(1, len(gv))])
+        conf += list(gv[1:] / (med + 1e-8) if conf_mode == "ratio" else gv[1:] / (gv[1:] + med + 1e-8))
+    return float(np.percentile(dnorm, 75)), float(np.median(conf))
+
+
+def test_dependencies_expand_to_the_runs_they_read():
+    plans = {p.run_id: p for p in study.expand(study.parse_spec(DEP_SPEC))}
+    large = plans["synthetic/tiny_cnn/large/seed2"]
+    assert large.needs == ["synthetic/tiny_cnn/bounded/seed2"]  # the same seed's run
+    assert (
+        large.config["start_batch"] == {"max_batch_of": "bounded"} and "start_batch" not in large.identity()
+    )
+    cal = plans["synthetic/tiny_cnn/cal/seed3"]
+    assert cal.needs == [f"synthetic/tiny_cnn/fixed/seed{s}" for s in (1, 2, 3)]  # every seed, pooled
+    assert cal.config["thresholds"] == {"calibrate_from": "fixed"}
+    assert plans["synthetic/tiny_cnn/fixed/seed1"].needs == []
+    # with an epochs axis, a run reads the runs of its own length
+    spec = study.parse_spec({**DEP_SPEC, "epochs": [2, 4]})
+    plans = {p.run_id: p for p in study.expand(spec)}
+    assert plans["synthetic/tiny_cnn/large-2ep/seed1"].needs == ["synthetic/tiny_cnn/bounded-2ep/seed1"]
+    assert study.arm_depths(spec) == {"fixed": 0, "bounded": 0, "large": 1, "cal": 1, "cal-ratio": 1}
+
+
+@pytest.mark.parametrize(
+    "arms, words",
+    [
+        (
+            {"large": {"policy": "fixed", "start_batch": {"max_batch_of": "bounded-x"}}},
+            "names arm 'bounded-x', which the spec does not define",
+        ),
+        ({"large": {"policy": "fixed", "thresholds": {"max_batch_of": "fixed"}}}, "max_batch_of can set"),
+        ({"large": {"policy": "fixed", "start_batch": {"max_batch": "fixed"}}}, "must be one dependency"),
+        ({"large": {"policy": "fixed", "start_batch": {"max_batch_of": "large"}}}, "cannot depend on itself"),
+        (
+            {
+                "a": {"policy": "fixed", "start_batch": {"max_batch_of": "b"}},
+                "b": {"policy": "fixed", "b_max": {"max_batch_of": "a"}},
+            },
+            "cycle (a -> b -> a)",
+        ),
+        ({"c": {"policy": "fixed", "thresholds": {"calibrate_from": "fixed"}}}, "need policy deba"),
+        (
+            {"c": {"policy": "deba", "theta_stab": 0.3, "thresholds": {"calibrate_from": "fixed"}}},
+            "both set the thresholds",
+        ),
+        (
+            {
+                "c": {"policy": "deba", "preset": "paper", "thresholds": {"calibrate_from": "only-c10"}},
+                "only-c10": {"policy": "fixed", "datasets": ["cifar10"]},
+            },
+            "filter leaves it out",
+        ),
+    ],
+)
+def test_bad_dependency_is_one_line_error(arms, words):
+    with pytest.raises(DebaError) as e:
+        study.expand(study.parse_spec({**DEP_SPEC, "arms": {"fixed": {"policy": "fixed"}, **arms}}))
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_dependency_outside_an_arm_is_refused():
+    with pytest.raises(DebaError, match=r"common.start_batch depends on other runs; only an arm may"):
+        study.parse_spec({**DEP_SPEC, "common": {"start_batch": {"max_batch_of": "bounded"}}})
+
+
+def _fake_finished(
+    out: Path, run_id: str, seed: int, max_b: int | None, status: str = "complete"
+) -> list[dict]:
+    d = Path(out, *run_id.split("/"))
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    recs = [
+        {
+            "schema_version": 1,
+            "epoch": e,
+            "batch_size": 64,
+            "grad_var": float(1e-3 * (1 + rng.random())),
+            "grad_norm": float(1 + rng.random()),
+            "loss": float(2.0 / e + 0.1 * rng.random()),
+        }
+        for e in range(1, 5)
+    ]
+    (d / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    summary = {"schema_version": 1, "status": status, "seed": seed, "batch_sizes": [64, 96, 144, 96]}
+    if max_b is not None:
+        summary["max_batch_size"] = max_b
+    (d / "summary.json").write_text(json.dumps(summary))
+    return recs
+
+
+def test_resolve_from_fake_finished_runs(tmp_path):
+    from deba.calibration import read_thresholds_file
+
+    spec = study.parse_spec(DEP_SPEC)
+    plans = {p.run_id: p for p in study.expand(spec)}
+    out = tmp_path / "out"
+    base = "synthetic/tiny_cnn"
+    large2 = plans[f"{base}/large/seed2"]
+    with pytest.raises(DebaError, match="bounded/seed2 is not finished"):
+        study.resolve_config(large2, out)
+    assert [row[1] for row in study.plan_table(spec, out) if row[0].run_id == large2.run_id] == ["waiting"]
+    _fake_finished(out, f"{base}/bounded/seed2", 2, max_b=216)
+    _fake_finished(out, f"{base}/bounded/seed3", 3, max_b=None)  # older summary: from batch_sizes
+    _fake_finished(out, f"{base}/bounded/seed1", 1, max_b=324, status="stopped: non-finite")  # final too
+    assert study.resolve_config(large2, out)["start_batch"] == 216
+    assert study.resolve_config(plans[f"{base}/large/seed3"], out)["start_batch"] == 144
+    assert study.resolve_config(plans[f"{base}/large/seed1"], out)["start_batch"] == 324
+    resolved = study.resolve_config(large2, out)
+    TrainConfig.from_dict(resolved)
+    assert {k: v for k, v in resolved.items() if k != "start_batch"} == large2.identity()
+
+    # calibration: every seed of the fixed arm must be finished; then NumPy float64 decides the values
+    logs = [_fake_finished(out, f"{base}/fixed/seed{s}", s, 64) for s in (1, 2)]
+    with pytest.raises(DebaError, match="fixed/seed3 is not finished"):
+        study.resolve_config(plans[f"{base}/cal/seed1"], out)
+    logs.append(_fake_finished(out, f"{base}/fixed/seed3", 3, 64))
+    for arm, window, conf_mode in (("cal", 3, "bounded"), ("cal-ratio", 2, "ratio")):
+        conf = study.resolve_config(plans[f"{base}/{arm}/seed1"], out)
+        path = Path(conf["thresholds"])
+        assert path == (out / "synthetic" / "tiny_cnn" / arm / "thresholds.json").resolve()
+        th = read_thresholds_file(path)
+        stab, cf = _numpy_thresholds(logs, window, conf_mode)
+        assert (th["conf_mode"], th["window"], th["arch"]) == (conf_mode, window, "tiny_cnn")
+        assert th["theta_stab"] == pytest.approx(stab, rel=1e-12)
+        assert th["theta_conf"] == pytest.approx(cf, rel=1e-12)
+        assert json.loads(path.read_text())["schema_version"] >= 1
+    # a summary without any batch size cannot give one: a one-line error naming the file
+    d = out / base / "bounded" / "seed3"
+    (d / "summary.json").write_text(json.dumps({"schema_version": 1, "status": "complete"}))
+    with pytest.raises(DebaError, match=r"seed3/summary.json: no max_batch_size"):
+        study.resolve_config(plans[f"{base}/large/seed3"], out)
+
+
+def test_dependent_runs_start_after_their_dependencies(tmp_path, fake):
+    spec = study.parse_spec(DEP_SPEC)
+    out = tmp_path / "out"
+    res = run(spec, out, fake, parallel=3)
+    assert res.exit_code == 0 and res.count("complete") == 15, [
+        (o.run_id, o.status, o.detail) for o in res.outcomes
+    ]
+    calls = fake.calls()
+    order = {c["run"]: i for i, c in enumerate(calls)}
+    by_run = {c["run"]: c for c in calls}
+    plans = study.expand(spec)
+    for p in plans:
+        for need in p.needs:  # started after every run it needs (which finished before it was started)
+            assert order[need] < order[p.run_id]
+    for seed in (1, 2, 3):
+        # the fake DEBA run reached 2 * 64 + seed
+        assert by_run[f"synthetic/tiny_cnn/large/seed{seed}"]["start_batch"] == 128 + seed
+        th = by_run[f"synthetic/tiny_cnn/cal/seed{seed}"]["thresholds"]
+        assert th == str((out / "synthetic" / "tiny_cnn" / "cal" / "thresholds.json").resolve())
+    fixed_logs = [
+        [
+            json.loads(x)
+            for x in (out / "synthetic/tiny_cnn/fixed" / f"seed{s}" / "epochs.jsonl").read_text().splitlines()
+        ]
+        for s in (1, 2, 3)
+    ]
+    th = json.loads(Path(by_run["synthetic/tiny_cnn/cal/seed1"]["thresholds"]).read_text())
+    assert th["theta_conf"] == pytest.approx(_numpy_thresholds(fixed_logs, 3, "bounded")[1], rel=1e-12)
+    # nothing is redone, and resolved values in the runs' config.json are not conflicts with the spec
+    res = run(spec, out, fake, parallel=3)
+    assert res.exit_code == 0 and res.count("complete") == 15 and len(fake.calls()) == 15
+    # the pack carries the thresholds the calibrated arms were given
+    archive = tmp_path / "p.tar.gz"
+    assert study.pack_study(spec, out, archive) == 15
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert (
+        "synthetic/tiny_cnn/cal/thresholds.json" in names
+        and "synthetic/tiny_cnn/cal-ratio/thresholds.json" in names
+    )
+    fresh = tmp_path / "fresh"
+    assert study.restore_archives([archive], fresh) == 15
+    assert all(st == "complete" for _, st, _ in study.plan_table(spec, fresh))
+
+
+def test_dependency_in_another_shard_waits(tmp_path, fake, capsys):
+    spec = study.parse_spec({**DEP_SPEC, "arms": {k: DEP_SPEC["arms"][k] for k in ("bounded", "large")}})
+    out = tmp_path / "out"
+    # bounded/seed1..3, large/seed1..3: shard 1/2 holds bounded/seed2, large/seed1 and large/seed3
+    plans = study.expand(spec)
+    shard = (1, 2)
+    mine = {p.run_id for p in study.shard_plans(plans, shard)}
+    assert mine == {
+        "synthetic/tiny_cnn/bounded/seed2",
+        "synthetic/tiny_cnn/large/seed1",
+        "synthetic/tiny_cnn/large/seed3",
+    }
+    rows = {p.run_id: (st, d) for p, st, d in study.plan_table(spec, out, shard)}
+    assert rows["synthetic/tiny_cnn/large/seed1"] == (
+        "waiting",
+        "needs synthetic/tiny_cnn/bounded/seed1 (another shard)",
+    )
+    res = run(spec, out, fake, shard=shard)
+    assert res.exit_code == study.EXIT_WAITING
+    st = {o.run_id: o.status for o in res.outcomes}
+    assert st == {
+        "synthetic/tiny_cnn/bounded/seed2": "complete",
+        "synthetic/tiny_cnn/large/seed1": "waiting",
+        "synthetic/tiny_cnn/large/seed3": "waiting",
+    }
+    assert run(spec, out, fake, shard=(0, 2)).exit_code == 0  # the other shard: bounded 1 and 3, large 2
+    res = run(spec, out, fake, shard=shard)
+    assert res.exit_code == 0 and res.count("complete") == 3
+    assert {c["run"]: c["start_batch"] for c in fake.calls()}["synthetic/tiny_cnn/large/seed3"] == 131
+
+
+def test_failed_dependency_blocks_its_dependents(tmp_path, fake, monkeypatch, capsys):
+    spec_path = write_spec(tmp_path, {**DEP_SPEC, "seeds": [1]})
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_FAIL", "/bounded/")
+    code = main(["study", str(spec_path), "--out", str(out), "--train-command", " ".join(fake.command)])
+    text = capsys.readouterr().out
+    assert code == study.EXIT_FAILED
+    assert "FAILED synthetic/tiny_cnn/bounded/seed1" in text
+    assert (
+        "BLOCKED synthetic/tiny_cnn/large/seed1: needs synthetic/tiny_cnn/bounded/seed1, which failed here"
+        in text
+    )
+    assert "synthetic/tiny_cnn/large/seed1" not in {c["run"] for c in fake.calls()}
+    monkeypatch.delenv("FAKE_FAIL")
+    assert main(["study", str(spec_path), "--out", str(out), "--train-command", " ".join(fake.command)]) == 0

@@ -13,7 +13,13 @@ Statistics (also written into report.md):
   mean t_fixed / mean t over the same seeds (the paper's 778 s / 512 s = 1.5x); t is training time without
   evaluation; a group whose runs shared the device is labelled "shared xN" (N = concurrent_runs);
 - modelled solo time (with --bench): the sum over a run's epochs of the bench's solo time per step at that
-  epoch's batch size times the steps the epoch took (log-log interpolation between measured batch sizes).
+  epoch's batch size times the steps the epoch took (log-log interpolation between measured batch sizes);
+- every arm is also compared with a reference arm, by default fixed-cosine (B=64 with a cosine lr decay: what
+  a practitioner would run instead of a constant lr), paired per seed: Δacc = acc - acc_ref, time ratio =
+  t / t_ref, each mean ± std over the paired seeds; accuracy per second = final acc / t per run, and its
+  ratio to the reference's; time to the reference's accuracy = training time until the first evaluated
+  epoch whose test accuracy reaches the reference arm's mean final accuracy (runs that never do are counted,
+  not averaged).
 """
 
 from __future__ import annotations
@@ -496,6 +502,98 @@ def baseline_arms(runs: Sequence[RunLog], baseline: str | None = None) -> dict[t
     return out
 
 
+DEFAULT_REFERENCE = "fixed-cosine"
+
+
+def reference_arms(runs: Sequence[RunLog], reference: str | None = None) -> dict[tuple[str, str, int], str]:
+    """The arm each (dataset, arch, epochs) group is compared with besides fixed: ``reference`` where given,
+    else the arm named fixed-cosine, else an arm whose config is plain fixed B=64 with a cosine lr decay."""
+    groups: dict[tuple[str, str, int], set[str]] = {}
+    by_variant: dict[tuple[str, str, int], set[str]] = {}
+    for r in runs:
+        key = (r.dataset, r.arch, r.epochs)
+        groups.setdefault(key, set()).add(r.arm)
+        if r.variant == DEFAULT_REFERENCE:
+            by_variant.setdefault(key, set()).add(r.arm)
+    out = {}
+    for key, arms in groups.items():
+        if reference is not None:
+            if reference in arms:
+                out[key] = reference
+        elif DEFAULT_REFERENCE in arms:
+            out[key] = DEFAULT_REFERENCE
+        elif by_variant.get(key):
+            out[key] = min(by_variant[key])
+    return out
+
+
+def time_to_accuracy(run: RunLog, target: float) -> float | None:
+    """Training seconds (evaluation excluded) until the end of the first evaluated epoch whose test
+    accuracy is at least ``target``; None if no epoch reaches it."""
+    elapsed = 0.0
+    for rec in run.records:
+        t = _num(rec.get("train_time_s"))
+        if t is None:
+            return None
+        elapsed += t
+        acc = _num(rec.get("test_acc"))
+        if acc is not None and acc >= target:
+            return elapsed
+    return None
+
+
+def table_vs_reference(runset: RunSet, reference: str | None = None) -> pd.DataFrame:
+    """Every arm against the reference arm (default fixed-cosine) of its (dataset, arch, epochs), paired per
+    seed over complete runs. Empty where no group has a reference arm."""
+    ref_of = reference_arms(runset.runs, reference)
+    groups = _by_group(runset.runs)
+    rows = []
+    order = sorted(groups, key=lambda k: (k[0], k[1], k[2], k[3] != ref_of.get(k[:3]), k[3]))
+    for dataset, arch, epochs, arm in order:
+        ref_arm = ref_of.get((dataset, arch, epochs))
+        if ref_arm is None:
+            continue
+        done = [r for r in groups[(dataset, arch, epochs, arm)] if r.complete]
+        ref = [r for r in groups.get((dataset, arch, epochs, ref_arm), []) if r.complete]
+        acc = _first_per_seed(done, "final_test_acc")
+        ref_acc = _first_per_seed(ref, "final_test_acc")
+        t = _first_per_seed(done, "train_time_s")
+        ref_t = _first_per_seed(ref, "train_time_s")
+        seeds = sorted(set(acc) & set(ref_acc) & set(t) & set(ref_t))
+        d_acc = mean_std(acc[k] - ref_acc[k] for k in seeds)
+        ratio = mean_std(t[k] / ref_t[k] for k in seeds if ref_t[k] > 0)
+        aps = mean_std(acc[k] / t[k] for k in acc if k in t and t[k] > 0)[0]
+        ref_aps = mean_std(ref_acc[k] / ref_t[k] for k in ref_acc if k in ref_t and ref_t[k] > 0)[0]
+        target = mean_std(ref_acc.values())[0]
+        reach = [time_to_accuracy(r, target) for r in done] if not math.isnan(target) else []
+        reached = [x for x in reach if x is not None]
+        shared = max([r.concurrent_runs for r in done + ref] or [1])
+        rows.append(
+            {
+                "dataset": dataset,
+                "arch": arch,
+                "epochs": epochs,
+                "arm": arm,
+                "reference_arm": ref_arm,
+                "n": len(done),
+                "n_pairs": len(seeds),
+                "acc_mean": mean_std(acc.values())[0],
+                "reference_acc_mean": target,
+                "delta_acc": d_acc[0],
+                "delta_acc_std": d_acc[1],
+                "time_ratio": ratio[0],
+                "time_ratio_std": ratio[1],
+                "acc_per_s": aps,
+                "reference_acc_per_s": ref_aps,
+                "acc_per_s_ratio": aps / ref_aps if ref_aps and not math.isnan(ref_aps) else math.nan,
+                "reached_reference_acc": len(reached),
+                "time_to_reference_acc_s": mean_std(reached)[0] if reached else math.nan,
+                "timing": _timing_label(shared),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def _by_group(runs: Sequence[RunLog]) -> dict[tuple[str, str, int, str], list[RunLog]]:
     g: dict[tuple[str, str, int, str], list[RunLog]] = {}
     for r in runs:
@@ -721,8 +819,12 @@ def _calibrate(runs: Sequence[RunLog], window: int, conf_mode: str, notes: list[
             notes.append(note)
         return None
     try:
-        return calibrate([r.records for r in runs], window=window, conf_mode=conf_mode,
-                         names=[f"{r.source}:{r.run_id}" for r in runs])
+        return calibrate(
+            [r.records for r in runs],
+            window=window,
+            conf_mode=conf_mode,
+            names=[f"{r.source}:{r.run_id}" for r in runs],
+        )
     except DebaError as e:
         notes.append(f"calibration ({conf_mode}) skipped: {e}")
         return None
@@ -970,7 +1072,7 @@ def _fig_trajectories(traj: pd.DataFrame, dataset: str, arch: str, path: Path) -
     )
     lo, hi = float(d["batch_size"].min()), float(d["batch_size"].max())
     for ax, arm in zip(axes.flat, arms):
-        for (seed, run_id), g in d[d.arm == arm].groupby(["seed", "run_id"]):
+        for (seed, _run_id), g in d[d.arm == arm].groupby(["seed", "run_id"]):
             g = g.sort_values("epoch")
             ax.step(g["epoch"], g["batch_size"], where="post", alpha=0.85, label=f"seed {seed}")
         ax.set_yscale("log", base=2)
@@ -1012,6 +1114,7 @@ def build_report(
     baseline: str | None = None,
     window: int = 15,
     figures: bool = True,
+    reference: str | None = None,
 ) -> dict[str, Any]:
     """Read the runs, write report.md, the CSVs and the PNGs into ``out``; return the tables and paths."""
     runset = load_runs(inputs)
@@ -1022,6 +1125,9 @@ def build_report(
     t3 = table3(runset, t4)
     t3s = table3_summary(t3)
     t1, t2 = tables_1_2(runset, t4, baseline, window)
+    t4ref = table_vs_reference(runset, reference)
+    if reference is not None and t4ref.empty:
+        runset.notes.append(f"no arm named {reference!r} in any group: no comparison with a reference arm")
     modelled = {}
     if bench_table is not None:
         for r in runset.runs:
@@ -1038,6 +1144,7 @@ def build_report(
         ("table3_ablations.csv", t3),
         ("table3_summary.csv", t3s),
         ("table4_performance.csv", t4),
+        ("table4_vs_reference.csv", t4ref),
         ("runs.csv", runs_df),
         ("trajectories.csv", traj),
         ("epoch_time_by_batch.csv", epoch_time),
@@ -1064,7 +1171,7 @@ def build_report(
                 "train_time_s",
                 "training seconds per epoch (median over epochs)",
                 "Figure 1: epoch time vs batch size"
-                + (f" (runs shared the GPU, up to x{shared})" if shared > 1 else ""),
+                + (f" (runs shared the device, up to x{shared})" if shared > 1 else ""),
                 p,
                 bench_df,
             )
@@ -1088,7 +1195,7 @@ def build_report(
             figs.append((f"batch-size trajectories, {arch} on {dataset}", p.name))
     for _, name in figs:
         files[name] = out / name
-    md = render_markdown(runset, t1, t2, t3, t3s, t4, runs_df, figs, bench_table, window)
+    md = render_markdown(runset, t1, t2, t3, t3s, t4, runs_df, figs, bench_table, window, t4ref)
     atomic_write_text(out / "report.md", md)
     files["report.md"] = out / "report.md"
     return {
@@ -1099,13 +1206,14 @@ def build_report(
         "table3": t3,
         "table3_summary": t3s,
         "table4": t4,
+        "table4_vs_reference": t4ref,
         "runs": runs_df,
         "trajectories": traj,
         "notes": runset.notes,
     }
 
 
-def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, window) -> str:
+def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, window, t4ref=None) -> str:
     statuses = runs_df["status"].value_counts().to_dict()
     epochs = sorted(runs_df["epochs"].unique().tolist())
     shared = sorted({int(c) for c in runs_df["concurrent_runs"]})
@@ -1129,8 +1237,8 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
         "architecture and epochs.",
         "- Speedup: 1 - t / t_fixed paired per seed, mean ± std over the paired seeds (%). Throughput: mean "
         "t_fixed / mean t over the same seeds. t = training time, evaluation excluded.",
-        "- Timing `shared xN`: the runs shared the GPU with N-1 others, so their times (and the speedups from "
-        "them) are not solo speeds. "
+        "- Timing `shared xN`: the runs shared the device with N-1 other runs, so their times (and the "
+        "speedups from them) are not solo speeds. "
         + (
             "All runs here ran solo."
             if shared == [1]
@@ -1359,6 +1467,7 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
             ]
         rows.append(row)
     L += [markdown_table(heads, rows), ""]
+    L += _render_vs_reference(t4ref)
     # figures
     if figs:
         L += ["## Figures", ""]
@@ -1396,6 +1505,63 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
     return "\n".join(L)
 
 
+def _render_vs_reference(t: pd.DataFrame | None) -> list[str]:
+    L = ["## Every arm vs fixed-cosine (the baseline a practitioner would run)", ""]
+    if t is None or t.empty:
+        return L + ["No fixed-cosine arm (fixed B=64, cosine lr decay) to compare with.", ""]
+    refs = sorted(set(t["reference_arm"]))
+    L += [
+        f"Reference arm: {', '.join(refs)}. Paired per seed over complete runs: Δacc = acc - acc_ref and "
+        "time ratio = t / t_ref (below 1: faster), mean ± std over the paired seeds. acc %/s = final accuracy "
+        "/ training seconds, per run, averaged; it rewards any short run, so read it beside Δacc. Time to ref "
+        "acc: training seconds until the first evaluated epoch at or above the reference's mean final "
+        "accuracy (mean over the runs that got there; `reached` counts them).",
+        "",
+        markdown_table(
+            [
+                "dataset",
+                "arch",
+                "arm",
+                "pairs",
+                "acc %",
+                "ref acc %",
+                "Δacc vs ref",
+                "time ratio",
+                "acc %/s",
+                "ref acc %/s",
+                "acc/s ratio",
+                "reached",
+                "time to ref acc s",
+                "timing",
+            ],
+            [
+                [
+                    r["dataset"],
+                    r["arch"],
+                    r["arm"],
+                    r["n_pairs"],
+                    _f(r["acc_mean"]),
+                    _f(r["reference_acc_mean"]),
+                    ""
+                    if r["arm"] == r["reference_arm"]
+                    else _signed(r["delta_acc"])
+                    + (f" ± {_f(r['delta_acc_std'])}" if _num(r["delta_acc_std"]) is not None else ""),
+                    "" if r["arm"] == r["reference_arm"] else _pm(r["time_ratio"], r["time_ratio_std"], 3),
+                    _f(r["acc_per_s"], 4),
+                    _f(r["reference_acc_per_s"], 4),
+                    _x(r["acc_per_s_ratio"]),
+                    f"{r['reached_reference_acc']}/{r['n']}",
+                    _f(r["time_to_reference_acc_s"], 0),
+                    r["timing"],
+                ]
+                for _, r in t.iterrows()
+            ],
+        ),
+        "",
+    ]
+    return L
+
+
 __all__ = [
     "PAPER_TABLE2",
     "PAPER_TABLE3",
@@ -1411,6 +1577,10 @@ __all__ = [
     "paired_speedup",
     "baseline_arms",
     "table4",
+    "table_vs_reference",
+    "reference_arms",
+    "time_to_accuracy",
+    "DEFAULT_REFERENCE",
     "table3",
     "table3_summary",
     "tables_1_2",

@@ -19,6 +19,19 @@ A spec is a YAML mapping::
 Inside an arm, ``datasets`` / ``archs`` restrict where that arm runs (Table 3's ablations are CIFAR-10
 only). Precedence, lowest first: common, data, arch_overrides, arm. Every run is a directory
 ``OUT/<dataset>/<arch>/<arm>/seed<seed>`` (``<arm>-<epochs>ep`` when the spec lists several epochs).
+
+An arm may take a value from other arms' finished runs of the same dataset, architecture and epochs::
+
+    fixed-large: {policy: fixed, start_batch: {max_batch_of: paper-bounded}}     # same seed's max_batch_size
+    calibrated: {policy: deba, preset: paper-bounded, thresholds: {calibrate_from: fixed}}
+
+``max_batch_of: ARM`` (for start_batch, b_min, b_max) is the largest batch size the run of ARM with the same
+seed trained at (its summary's ``max_batch_size``). ``calibrate_from: ARM`` (for thresholds) calibrates
+theta_stab / theta_conf from the epochs.jsonl of ARM's runs of every seed (deba.calibration, seeds pooled;
+conf read as the arm's preset reads it, window the arm's), written to
+``OUT/<dataset>/<arch>/<arm>/thresholds.json``. A run whose dependencies are not finished waits for them: it
+is started after them, or, where they are in another shard or run by another process, reported as
+``waiting`` and left for a later invocation.
 """
 
 from __future__ import annotations
@@ -74,6 +87,9 @@ NON_IDENTITY_KEYS = {
     "download",
     "run_name",
 }
+# arm values resolved from other arms' finished runs: kind -> the TrainConfig keys it may set
+DEPENDENCY_KINDS = {"max_batch_of": ("start_batch", "b_min", "b_max"), "calibrate_from": ("thresholds",)}
+THRESHOLDS_NAME = "thresholds.json"  # where calibrate_from writes, in the dependent arm's directory
 RUN_OUTPUTS = ("config.json", "epochs.jsonl", "summary.json", "decisions.jsonl")
 PACKED_FILES = RUN_OUTPUTS + ("run.log",)
 SPEC_COPY = "study.yaml"
@@ -83,7 +99,7 @@ CHECKPOINT = "checkpoint.pt"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 # exit codes of `deba study`
-EXIT_OK, EXIT_FAILED, EXIT_TIME_LIMIT = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_TIME_LIMIT, EXIT_WAITING = 0, 1, 3, 4
 
 
 def default_train_command() -> list[str]:
@@ -105,6 +121,20 @@ class StudySpec:
     description: str | None = None
     source: str = "spec"
     text: str = ""
+    # arm -> TrainConfig key -> (dependency kind, the arm it reads); those keys are not in ``arms``
+    deps: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A config value of a run that comes from other runs once they are finished."""
+
+    kind: str  # one of DEPENDENCY_KINDS
+    arm: str  # the arm whose runs it reads
+    run_ids: tuple[str, ...]  # those runs (one for max_batch_of, every seed for calibrate_from)
+
+    def spec_form(self) -> dict[str, str]:
+        return {self.kind: self.arm}
 
 
 @dataclass
@@ -115,10 +145,23 @@ class RunPlan:
     arm: str
     seed: int
     epochs: int
-    config: dict[str, Any]  # TrainConfig.to_dict() of the run, without out/quiet/concurrent_runs
+    # TrainConfig.to_dict() of the run, without out/quiet/concurrent_runs; a key set by a dependency holds
+    # its spec form ({"max_batch_of": ARM}) until resolve_config() puts the value in
+    config: dict[str, Any]
+    deps: dict[str, Dependency] = field(default_factory=dict)
 
     def dir(self, out: Path) -> Path:
         return Path(out, *self.run_id.split("/"))
+
+    @property
+    def needs(self) -> list[str]:
+        """Run ids this run waits for, each once, in order."""
+        return list(dict.fromkeys(r for d in self.deps.values() for r in d.run_ids))
+
+    def identity(self) -> dict[str, Any]:
+        """The config keys that say what the run computes, as far as the spec fixes them (a dependency's value
+        is fixed by the runs it reads, which are never redone)."""
+        return {k: v for k, v in self.config.items() if k not in self.deps}
 
 
 def _need_list(d: Mapping, key: str, source: str, kind: type) -> list:
@@ -194,6 +237,15 @@ def parse_spec(data: Any, source: str = "spec", text: str = "") -> StudySpec:
                 # names outside the grid are allowed: narrowing `archs` must not break the arms' filters
                 ov[key] = _need_list(ov, key, f"{source}: arms.{arm}", str)
         arms[arm] = ov
+    deps = _parse_dependencies(arms, source)
+    for where, mapping in [("common", common)] + [
+        (f"arch_overrides.{a}", m) for a, m in arch_overrides.items()
+    ]:
+        for key, v in mapping.items():
+            if isinstance(v, Mapping) and set(v) & set(DEPENDENCY_KINDS):
+                raise DebaError(
+                    f"{source}: {where}.{key} depends on other runs; only an arm may (put it in the arm)"
+                )
     for where, mapping in (
         [("common", common)]
         + [(f"arch_overrides.{a}", m) for a, m in arch_overrides.items()]
@@ -218,7 +270,75 @@ def parse_spec(data: Any, source: str = "spec", text: str = "") -> StudySpec:
         description=data.get("description"),
         source=source,
         text=text,
+        deps=deps,
     )
+
+
+def _parse_dependencies(
+    arms: dict[str, dict[str, Any]], source: str
+) -> dict[str, dict[str, tuple[str, str]]]:
+    """Take the ``{kind: ARM}`` values out of the arms (in place), check them, and refuse cycles."""
+    deps: dict[str, dict[str, tuple[str, str]]] = {}
+    for arm, ov in arms.items():
+        for key in list(ov):
+            v = ov[key]
+            if not isinstance(v, Mapping):
+                continue
+            where = f"{source}: arms.{arm}.{key}"
+            v = {str(k).replace("-", "_"): x for k, x in v.items()}  # as for option names
+            if len(v) != 1 or next(iter(v)) not in DEPENDENCY_KINDS:
+                raise DebaError(
+                    f"{where}: a mapping here must be one dependency, "
+                    + " or ".join(f"{{{k}: ARM}}" for k in DEPENDENCY_KINDS)
+                    + f", got {dict(v)!r}"
+                )
+            kind, other = next(iter(v.items()))
+            if key not in DEPENDENCY_KINDS[kind]:
+                raise DebaError(f"{where}: {kind} can set {', '.join(DEPENDENCY_KINDS[kind])}, not {key}")
+            if not isinstance(other, str) or other not in arms:
+                raise DebaError(
+                    f"{where}: {kind} names arm {other!r}, which the spec does not define "
+                    f"(arms: {', '.join(arms)})"
+                )
+            if other == arm:
+                raise DebaError(f"{where}: an arm cannot depend on itself")
+            deps.setdefault(arm, {})[key] = (kind, other)
+            del ov[key]
+        kinds = {k for k, _ in deps.get(arm, {}).values()}
+        if "calibrate_from" in kinds:
+            if ov.get("policy", "deba") != "deba":
+                raise DebaError(f"{source}: arms.{arm}: calibrated thresholds need policy deba")
+            explicit = [k for k in ("theta_stab", "theta_conf", "universal_thresholds") if ov.get(k)]
+            if explicit:
+                raise DebaError(
+                    f"{source}: arms.{arm}: thresholds from calibrate_from and {', '.join(explicit)} "
+                    "both set the thresholds; keep one"
+                )
+
+    def visit(arm: str, path: list[str]) -> None:
+        for _, other in deps.get(arm, {}).values():
+            if other in path:
+                cycle = " -> ".join(path[path.index(other) :] + [other])
+                raise DebaError(f"{source}: arms depend on each other in a cycle ({cycle})")
+            visit(other, path + [other])
+
+    for arm in deps:
+        visit(arm, [arm])
+    return deps
+
+
+def arm_depths(spec: StudySpec) -> dict[str, int]:
+    """0 for an arm without dependencies, else 1 + the deepest arm it depends on (the order runs start in)."""
+    depth: dict[str, int] = {}
+
+    def of(arm: str) -> int:
+        if arm not in depth:
+            depth[arm] = 1 + max((of(o) for _, o in spec.deps.get(arm, {}).values()), default=-1)
+        return depth[arm]
+
+    for arm in spec.arms:
+        of(arm)
+    return depth
 
 
 def load_spec(path: str | os.PathLike, data_overrides: Mapping[str, str] | None = None) -> StudySpec:
@@ -242,9 +362,9 @@ def load_spec(path: str | os.PathLike, data_overrides: Mapping[str, str] | None 
     return spec
 
 
-def _check_policy_thresholds(cfg: TrainConfig, source: str) -> None:
+def _check_policy_thresholds(cfg: TrainConfig, source: str, thresholds_coming: bool = False) -> None:
     """A DEBA run on a model the presets have no thresholds for would fail only once started: fail now."""
-    if cfg.policy != "deba" or cfg.thresholds or cfg.model:
+    if cfg.policy != "deba" or cfg.thresholds or cfg.model or thresholds_coming:
         return
     from .policy import DEFAULT_PRESET, deba_config
 
@@ -262,22 +382,35 @@ def _check_policy_thresholds(cfg: TrainConfig, source: str) -> None:
         raise DebaError(f"{source}: {e}") from None
 
 
+def _arm_runs_on(spec: StudySpec, arm: str, dataset: str, arch: str) -> bool:
+    ov = spec.arms[arm]
+    return ("datasets" not in ov or dataset in ov["datasets"]) and ("archs" not in ov or arch in ov["archs"])
+
+
 def expand(spec: StudySpec) -> list[RunPlan]:
     """Every run of the grid, validated through TrainConfig, sorted by run id (the order shards use)."""
     plans: list[RunPlan] = []
     several_epochs = len(spec.epochs) > 1
+
+    def arm_dir(arm: str, epochs: int) -> str:
+        return f"{arm}-{epochs}ep" if several_epochs else arm
+
     for dataset in spec.datasets:
         for arch in spec.archs:
             for arm, ov in spec.arms.items():
-                if "datasets" in ov and dataset not in ov["datasets"]:
+                if not _arm_runs_on(spec, arm, dataset, arch):
                     continue
-                if "archs" in ov and arch not in ov["archs"]:
-                    continue
+                arm_deps = spec.deps.get(arm, {})
+                for key, (_kind, other) in arm_deps.items():
+                    if not _arm_runs_on(spec, other, dataset, arch):
+                        raise DebaError(
+                            f"{spec.source}: arms.{arm}.{key} needs arm {other!r} on {dataset}/{arch}, "
+                            "where that arm's datasets/archs filter leaves it out"
+                        )
                 arm_opts = {k: v for k, v in ov.items() if k not in ARM_FILTER_KEYS}
                 for epochs in spec.epochs:
-                    arm_dir = f"{arm}-{epochs}ep" if several_epochs else arm
                     for seed in spec.seeds:
-                        run_id = f"{dataset}/{arch}/{arm_dir}/seed{seed}"
+                        run_id = f"{dataset}/{arch}/{arm_dir(arm, epochs)}/seed{seed}"
                         d: dict[str, Any] = dict(spec.common)
                         if dataset in spec.data:
                             d["data"] = os.path.expandvars(os.path.expanduser(spec.data[dataset]))
@@ -285,12 +418,20 @@ def expand(spec: StudySpec) -> list[RunPlan]:
                         d.update(arm_opts)
                         d.update(arch=arch, dataset=dataset, seed=seed, epochs=epochs, run_name=run_id)
                         source = f"{spec.source}: run {run_id}"
+                        # a dependency's key is validated with the value it would have without it; the
+                        # resolved value is validated again before the run starts
                         cfg = TrainConfig.from_dict(d, source=source)
-                        _check_policy_thresholds(cfg, source)
+                        _check_policy_thresholds(cfg, source, thresholds_coming="thresholds" in arm_deps)
                         conf = cfg.to_dict()
                         for k in ("out", "quiet", "concurrent_runs"):
                             conf.pop(k, None)
-                        plans.append(RunPlan(run_id, dataset, arch, arm, seed, epochs, conf))
+                        deps = {}
+                        for key, (kind, other) in arm_deps.items():
+                            base = f"{dataset}/{arch}/{arm_dir(other, epochs)}"
+                            seeds = [seed] if kind == "max_batch_of" else spec.seeds
+                            deps[key] = Dependency(kind, other, tuple(f"{base}/seed{s}" for s in seeds))
+                            conf[key] = deps[key].spec_form()
+                        plans.append(RunPlan(run_id, dataset, arch, arm, seed, epochs, conf, deps))
     plans.sort(key=lambda p: p.run_id)
     if not plans:
         raise DebaError(f"{spec.source}: the grid is empty (every arm is restricted away)")
@@ -407,7 +548,7 @@ def run_status(plan: RunPlan, out: Path, check_lock: bool = True) -> tuple[str, 
     d = plan.dir(out)
     saved = _read_json_quiet(d / "config.json")
     if saved is not None:
-        diff = config_conflicts(saved, plan.config)
+        diff = config_conflicts(saved, plan.identity())
         if diff:
             k = diff[0]
             return "conflict", f"{k}: {saved[k]!r} in {d / 'config.json'}, {plan.config[k]!r} in the spec" + (
@@ -427,6 +568,83 @@ def run_status(plan: RunPlan, out: Path, check_lock: bool = True) -> tuple[str, 
     if d.exists() and any(p.name not in (LOCK_NAME, "run.log") for p in d.iterdir()):
         return "partial", "no checkpoint: restarts from scratch"
     return "pending", ""
+
+
+# --- dependencies between runs ------------------------------------------------------------------------
+def _run_dir(out: Path, run_id: str) -> Path:
+    return Path(out, *run_id.split("/"))
+
+
+def finished_summary(out: str | os.PathLike, run_id: str) -> dict | None:
+    """The summary of a run that will not run again (complete, or stopped by the trainer), else None."""
+    summary = _read_json_quiet(_run_dir(Path(out), run_id) / "summary.json")
+    if summary is None:
+        return None
+    status = str(summary.get("status", ""))
+    return summary if status == "complete" or status.startswith("stopped") else None
+
+
+def unfinished_dependencies(plan: RunPlan, out: str | os.PathLike) -> list[str]:
+    return [r for r in plan.needs if finished_summary(out, r) is None]
+
+
+def _max_batch_size(out: Path, run_id: str) -> int:
+    summary = finished_summary(out, run_id)
+    if summary is None:
+        raise DebaError(f"dependency {run_id} is not finished")
+    value = summary.get("max_batch_size")
+    if value is None and isinstance(summary.get("batch_sizes"), list):
+        value = max((b for b in summary["batch_sizes"] if isinstance(b, int)), default=None)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DebaError(f"{_run_dir(out, run_id) / 'summary.json'}: no max_batch_size to start from")
+    return value
+
+
+def thresholds_path(plan: RunPlan, out: str | os.PathLike) -> Path:
+    """Where the calibrated thresholds of a plan's arm (this dataset, arch, epochs) are written."""
+    return plan.dir(Path(out)).parent / THRESHOLDS_NAME
+
+
+def _calibrated_thresholds(plan: RunPlan, dep: Dependency, out: Path) -> Path:
+    from .calibration import calibrate, write_thresholds_file
+    from .logio import read_signal_log
+    from .policy import DEFAULT_PRESET, PRESETS
+
+    for run_id in dep.run_ids:
+        if finished_summary(out, run_id) is None:
+            raise DebaError(f"dependency {run_id} is not finished")
+    preset = plan.config.get("preset") or DEFAULT_PRESET
+    conf_mode = PRESETS[preset]["conf_mode"]
+    window = plan.config.get("window") or 15
+    logs = [read_signal_log(_run_dir(out, r) / "epochs.jsonl") for r in dep.run_ids]
+    report = calibrate(
+        logs, window=window, conf_mode=conf_mode, names=[f"{r}/epochs.jsonl" for r in dep.run_ids]
+    )
+    path = thresholds_path(plan, out).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_thresholds_file(path, report, arch=plan.config.get("model") or plan.arch)
+    return path
+
+
+def resolve_config(plan: RunPlan, out: str | os.PathLike) -> dict[str, Any]:
+    """The plan's config with each dependency's value put in; its dependencies must be finished. Writes the
+    calibrated thresholds file where the arm asks for one. Bad or missing inputs raise DebaError."""
+    out = Path(out)
+    conf = dict(plan.config)
+    for key, dep in plan.deps.items():
+        if dep.kind == "max_batch_of":
+            conf[key] = _max_batch_size(out, dep.run_ids[0])
+        elif dep.kind == "calibrate_from":
+            conf[key] = str(_calibrated_thresholds(plan, dep, out))
+        else:  # pragma: no cover - parse_spec admits only DEPENDENCY_KINDS
+            raise DebaError(f"unknown dependency kind {dep.kind!r}")
+    if plan.deps:
+        source = (
+            f"run {plan.run_id} (with values from {', '.join(sorted({d.arm for d in plan.deps.values()}))})"
+        )
+        cfg = TrainConfig.from_dict(conf, source=source)
+        _check_policy_thresholds(cfg, source)
+    return conf
 
 
 def _result_text(summary: Mapping[str, Any]) -> str:
@@ -483,12 +701,18 @@ class _Active:
 
 
 def _launch(
-    plan: RunPlan, out: Path, concurrent: int, train_command: Sequence[str], lock: RunLock, resume: bool
+    plan: RunPlan,
+    out: Path,
+    concurrent: int,
+    train_command: Sequence[str],
+    lock: RunLock,
+    resume: bool,
+    config: Mapping[str, Any] | None = None,
 ) -> _Active:
     d = plan.dir(out)
     if not resume:
         _clear_partial(d)
-    conf = dict(plan.config, concurrent_runs=concurrent)
+    conf = dict(plan.config if config is None else config, concurrent_runs=concurrent)
     atomic_write_text(d / RUN_CONFIG, dumps({"schema_version": 1, **conf}, indent=2) + "\n")
     cmd = [*train_command, "--config", str(d / RUN_CONFIG), "--out", str(d), "--quiet"]
     if resume:
@@ -578,6 +802,11 @@ def run_study(
     checkpoint resumes from it; any other started run restarts from scratch. Runs locked by another study
     process are left to it. A failed run is reported and does not stop the others. With ``time_limit_s``,
     no run starts after the limit and running ones are stopped at it (they resume next time).
+
+    A run with dependencies (see the module docstring) starts once the runs it needs are finished; runs
+    without dependencies go first. Where a needed run is not in this invocation (another shard, another
+    process) and not finished, the run is ``waiting`` (exit code EXIT_WAITING: run again later); where a
+    needed run failed here, it is ``blocked``.
     """
     if parallel < 1:
         raise DebaError(f"--parallel must be >= 1, got {parallel}")
@@ -608,6 +837,8 @@ def run_study(
             outcomes[p.run_id] = RunOutcome(p.run_id, st, detail)
         else:
             queue.append(p)
+    depth = arm_depths(spec)
+    queue.sort(key=lambda p: depth[p.arm])  # stable: run-id order within a depth
     concurrent = max(1, min(parallel, len(queue)))
     log(
         f"study {spec.name}: {len(plans)} runs in this {'shard' if shard else 'grid'}, "
@@ -642,7 +873,13 @@ def run_study(
                 queue = []
                 break
             while queue and len(active) < parallel:
-                p = queue.pop(0)
+                p, held = _next_startable(queue, active, outcomes, out)
+                if p is None:
+                    break
+                if held is not None:
+                    outcomes[p.run_id] = held
+                    log(f"  {held.status:11s} {p.run_id}  {held.detail}")
+                    continue
                 d = p.dir(out)
                 lock = RunLock(d)
                 if not lock.acquire():
@@ -656,7 +893,14 @@ def run_study(
                     continue
                 resume = st == "resumable"
                 try:
-                    a = _launch(p, out, concurrent, train_command, lock, resume)
+                    config = resolve_config(p, out) if p.deps else None
+                except DebaError as e:
+                    lock.release()
+                    outcomes[p.run_id] = RunOutcome(p.run_id, "failed", f"cannot resolve dependencies: {e}")
+                    log(f"  failed      {p.run_id}  cannot resolve dependencies: {e}")
+                    continue
+                try:
+                    a = _launch(p, out, concurrent, train_command, lock, resume, config)
                 except OSError as e:
                     lock.release()
                     outcomes[p.run_id] = RunOutcome(p.run_id, "failed", f"cannot start: {e}")
@@ -666,6 +910,10 @@ def run_study(
                 n_started += 1
                 log(f"  {'resume' if resume else 'start':11s} {p.run_id}")
             if not active:
+                if queue:  # every run left waits for a run that cannot start here (guard; cycles are refused)
+                    for p in queue:
+                        outcomes[p.run_id] = RunOutcome(p.run_id, "waiting", "dependencies cannot start here")
+                    queue = []
                 continue
             time.sleep(poll_s)
             still = []
@@ -689,16 +937,75 @@ def run_study(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
     ordered = [outcomes[p.run_id] for p in plans if p.run_id in outcomes]
-    failed = sum(o.status == "failed" for o in ordered)
-    code = EXIT_FAILED if failed else EXIT_TIME_LIMIT if time_limit_hit else EXIT_OK
+    failed = sum(o.status in ("failed", "blocked") for o in ordered)
+    waiting = sum(o.status == "waiting" for o in ordered)
+    code = (
+        EXIT_FAILED if failed else EXIT_TIME_LIMIT if time_limit_hit else EXIT_WAITING if waiting else EXIT_OK
+    )
     return StudyResult(ordered, code, time_limit_hit)
+
+
+# statuses of runs of this invocation that will not finish in it
+_NOT_FINISHING = ("failed", "blocked", "waiting", "conflict", "interrupted", "not-started")
+
+
+def _next_startable(
+    queue: list[RunPlan], active: Sequence[_Active], outcomes: Mapping[str, RunOutcome], out: Path
+) -> tuple[RunPlan | None, RunOutcome | None]:
+    """Take the first queued run that can be decided now: (run, None) to start it, (run, outcome) for a run
+    that cannot run in this invocation (removed from the queue either way), (None, None) when every queued
+    run waits for a queued or running one."""
+    pending = {p.run_id for p in queue} | {a.plan.run_id for a in active}
+    for i, p in enumerate(queue):
+        held: RunOutcome | None = None
+        wait_here = False
+        for rid in unfinished_dependencies(p, out):
+            if rid in pending:
+                wait_here = True
+                continue
+            o = outcomes.get(rid)
+            if o is not None and o.status in ("failed", "blocked", "conflict"):
+                held = RunOutcome(p.run_id, "blocked", f"needs {rid}, which {o.status} here")
+            elif o is not None and o.status == "skipped-running":
+                held = RunOutcome(p.run_id, "waiting", f"needs {rid}, which another process is running")
+            elif o is not None and o.status in _NOT_FINISHING:
+                held = RunOutcome(p.run_id, "waiting", f"needs {rid}, which {o.status} here")
+            else:
+                held = RunOutcome(
+                    p.run_id,
+                    "waiting",
+                    f"needs {rid}, which is not finished and not in this invocation (another shard?)",
+                )
+            break
+        if held is not None:
+            queue.pop(i)
+            return p, held
+        if not wait_here:
+            queue.pop(i)
+            return p, None
+    return None, None
 
 
 def plan_table(
     spec: StudySpec, out: str | os.PathLike, shard: tuple[int, int] | None = None
 ) -> list[tuple[RunPlan, str, str]]:
+    """(run, status, detail) for the runs of a shard; a pending run whose dependencies are not finished is
+    ``waiting``, naming the first such dependency and whether this shard runs it."""
     out = Path(out)
-    return [(p, *run_status(p, out)) for p in shard_plans(expand(spec), shard)]
+    plans = shard_plans(expand(spec), shard)
+    here = {p.run_id for p in plans}
+    rows = []
+    for p in plans:
+        status, detail = run_status(p, out)
+        if status == "pending":
+            missing = unfinished_dependencies(p, out)
+            if missing:
+                missing.sort(key=lambda r: r in here)  # the ones this shard will not run first
+                named = [f"{r} ({'this shard' if r in here else 'another shard'})" for r in missing[:2]]
+                more = f" and {len(missing) - 2} more" if len(missing) > 2 else ""
+                status, detail = "waiting", "needs " + ", ".join(named) + more
+        rows.append((p, status, detail))
+    return rows
 
 
 # --- packing --------------------------------------------------------------------------------------
@@ -717,6 +1024,7 @@ def pack_study(spec: StudySpec, out: str | os.PathLike, archive: str | os.PathLi
             )
             if spec_text:
                 _add_bytes(tar, SPEC_COPY, spec_text.encode("utf-8"))
+            thresholds_done: set[Path] = set()
             for p in expand(spec):
                 d = p.dir(out)
                 files = [d / f for f in PACKED_FILES if (d / f).is_file()]
@@ -725,6 +1033,11 @@ def pack_study(spec: StudySpec, out: str | os.PathLike, archive: str | os.PathLi
                 n += 1
                 for f in files:
                     tar.add(f, arcname=f"{p.run_id}/{f.name}", recursive=False)
+                th = thresholds_path(p, out)
+                if "thresholds" in p.deps and th not in thresholds_done and th.is_file():
+                    # what the calibrated arm's runs were given (restore recomputes it from the packed logs)
+                    thresholds_done.add(th)
+                    tar.add(th, arcname=th.relative_to(out).as_posix(), recursive=False)
         os.replace(tmp, archive)
     finally:
         if tmp.exists():
@@ -795,6 +1108,8 @@ def read_archive_runs(archive: str | os.PathLike) -> dict[str, dict[str, str]]:
 
 __all__ = [
     "StudySpec",
+    "Dependency",
+    "DEPENDENCY_KINDS",
     "RunPlan",
     "RunLock",
     "RunOutcome",
@@ -812,6 +1127,12 @@ __all__ = [
     "read_archive_runs",
     "default_train_command",
     "config_conflicts",
+    "arm_depths",
+    "finished_summary",
+    "unfinished_dependencies",
+    "resolve_config",
+    "thresholds_path",
+    "EXIT_WAITING",
     "EXIT_OK",
     "EXIT_FAILED",
     "EXIT_TIME_LIMIT",

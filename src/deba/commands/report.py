@@ -31,6 +31,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline", metavar="ARM", help="the fixed-batch arm to compare against (default: 'fixed')"
     )
+    p.add_argument(
+        "--reference",
+        metavar="ARM",
+        help="the arm every arm is also compared with, paired per seed (default: fixed-cosine, fixed B=64 "
+        "with a cosine lr decay)",
+    )
     p.add_argument("--window", type=int, default=15, help="confidence window for Tables 1-2 (default 15)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
     return p
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         window=args.window,
         figures=not args.no_figures,
+        reference=args.reference,
     )
     t4 = result["table4"]
     print(

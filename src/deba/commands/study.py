@@ -14,8 +14,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="run a grid of training runs (resumable, shardable) and pack their logs",
         description="Expand a study spec (archs x datasets x seeds x arms x epochs) into runs, each its own "
         "`deba train` process, --parallel at once. Finished runs are never redone; interrupted ones "
-        "resume from their checkpoint. Exit code: 0 all done, 1 a run failed, 3 time limit reached "
-        "with runs left (run the same command again to continue), 2 bad input.",
+        "resume from their checkpoint. An arm may take values from other arms' finished runs "
+        "(start_batch: {max_batch_of: ARM}, thresholds: {calibrate_from: ARM}); such runs start after "
+        "those. Exit code: 0 all done, 1 a run failed (or could not start because a run it needs "
+        "failed), 3 time limit reached with runs left (run the same command again to continue), 4 runs "
+        "left waiting for runs of another shard or process (run again once those are done), 2 bad input.",
     )
     p.add_argument("spec", help="study spec (YAML), e.g. studies/quick.yaml")
     p.add_argument(
@@ -120,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         for o in result.outcomes:
             if o.status == "failed":
                 print(f"  FAILED {o.run_id}: {o.detail} (log: {args.out}/{o.run_id}/run.log)")
+            elif o.status in ("waiting", "blocked"):
+                print(f"  {o.status.upper()} {o.run_id}: {o.detail}")
         code = result.exit_code
     if args.pack:
         n = study.pack_study(spec, args.out, args.pack)
