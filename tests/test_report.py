@@ -550,3 +550,16 @@ def test_reference_arm_by_name_or_config(study_dir, tmp_path):
     assert res["table4_vs_reference"].empty
     res = report.build_report([only], tmp_path / "r2", figures=False, reference="nope")
     assert any("no arm named 'nope'" in n for n in res["notes"])
+
+
+def test_modelled_time_uses_every_batch_size_an_epoch_trained_at(tmp_path):
+    """After an out-of-memory cap or a mid-epoch decision an epoch trains at several sizes (batch_steps)."""
+    bench = tmp_path / "bench.json"
+    recs = [{"arch": "tiny", "batch_size": b, "mode": "eager", "epoch_s": e, "steps": s}
+            for b, e, s in ((64, 8.0, 100), (128, 6.0, 50))]
+    bench.write_text(json.dumps({"schema_version": 1, "records": recs}))
+    table = report.BenchTable.load(bench)
+    run = report.RunLog(run_id="r", source="x", config={"arch": "tiny"}, summary={"arch": "tiny", "graphs": "eager"},
+                        records=[{"epoch": 1, "batch_size": 128, "steps": 30, "batch_steps": [[128, 10], [64, 40]]}])
+    total, note = table.modelled_time(run, None)
+    assert note == "" and total == pytest.approx(10 * (6.0 / 50) + 40 * (8.0 / 100))

@@ -467,16 +467,22 @@ class BenchTable:
             return math.nan, f"bench has no mode {mode!r} for {run.arch}"
         total = 0.0
         for rec in run.records:
-            b = rec.get("batch_size")
-            steps = rec.get("steps")
-            if steps is None and rec.get("samples") is not None and b:
-                steps = int(rec["samples"]) // int(b)
-            if not isinstance(b, int) or steps is None:
-                return math.nan, f"{run.run_id}: epochs.jsonl lacks batch_size/steps"
-            t = self.step_time(run.arch, mode, b)
-            if math.isnan(t):
-                return math.nan, f"{run.arch} batch {b} is outside the bench's batch sizes"
-            total += t * steps
+            # batch_steps lists every (batch size, steps) the epoch trained at: more than one pair after an
+            # out-of-memory cap or a mid-epoch decision (decision_interval)
+            pairs = rec.get("batch_steps")
+            if not pairs:
+                b = rec.get("batch_size")
+                steps = rec.get("steps")
+                if steps is None and rec.get("samples") is not None and b:
+                    steps = int(rec["samples"]) // int(b)
+                pairs = [[b, steps]]
+            for b, steps in pairs:
+                if not isinstance(b, int) or steps is None:
+                    return math.nan, f"{run.run_id}: epochs.jsonl lacks batch_size/steps"
+                t = self.step_time(run.arch, mode, b)
+                if math.isnan(t):
+                    return math.nan, f"{run.arch} batch {b} is outside the bench's batch sizes"
+                total += t * steps
         return total, ""
 
 
