@@ -201,7 +201,7 @@ step_quick() {
   local rc=$?
   echo "deba study exit code $rc (0 all done, 3 time limit with runs left, 4 waiting on another shard)" \
     > "$d/quick-status.txt"
-  [ "$rc" -eq 3 ] && return 0 || return $rc
+  case $rc in 0|3|4) return 0 ;; *) return $rc ;; esac
 }
 
 # --- running, waiting, collecting --------------------------------------------------------------------------
