@@ -130,3 +130,17 @@ def test_no_host_read_per_step(tmp_path, monkeypatch):
     steps = sum(r["steps"] for r in trainer.state.records)
     assert steps > 50
     assert len(reads) <= 2 * cfg.epochs, reads  # one signal read + one evaluation read per epoch
+
+
+def test_tensorboard_logs_per_epoch_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = tmp_path / "tb"
+    train(TrainConfig(**TINY, epochs=2, policy="fixed", out=str(tmp_path / "r"), tensorboard=str(tb)))
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"batch_size", "loss", "grad_var", "test_acc"} <= tags
+    assert [e.step for e in acc.Scalars("batch_size")] == [1, 2]
+    assert [e.value for e in acc.Scalars("batch_size")] == [32, 32]

@@ -55,6 +55,14 @@ def build_policy(config: TrainConfig, arch: str | None, train_size: int) -> Batc
                 overrides["theta_stab"] = th["theta_stab"]
             if config.theta_conf is None:
                 overrides["theta_conf"] = th["theta_conf"]
+            # theta_conf is a median of conf over a window: it only means the same thing with the same window
+            file_window = th.get("window")
+            if file_window is not None:
+                if config.window is None:
+                    overrides["window"] = file_window
+                elif config.window != file_window:
+                    raise DebaError(f"{config.thresholds}: thresholds were calibrated with window {file_window}, "
+                                    f"but this run uses window {config.window}")
         return make_deba(preset, arch, universal_thresholds=config.universal_thresholds, **overrides)
     except ValueError as e:
         raise DebaError(str(e)) from None
