@@ -19,8 +19,8 @@ EPS = 1e-8
 
 def make_log(grad_var, grad_norm, loss, decisions=None, start_epoch=1, **extra_fields):
     recs = []
-    for i, (v, n, l) in enumerate(zip(grad_var, grad_norm, loss)):
-        r = {"epoch": start_epoch + i, "grad_var": v, "grad_norm": n, "loss": l}
+    for i, (v, n, lo) in enumerate(zip(grad_var, grad_norm, loss)):
+        r = {"epoch": start_epoch + i, "grad_var": v, "grad_norm": n, "loss": lo}
         if decisions is not None:
             r["decision"] = decisions[i]
         for k, vals in extra_fields.items():

@@ -94,7 +94,7 @@ def run_loop(epochs, signals_mode, every=1):
 @pytest.mark.parametrize("signals_mode,every", [("last", 1), ("epoch-avg", 1), ("epoch-avg", 3)])
 def test_controller_decides_like_the_bare_policy_on_numpy_signals(signals_mode, every):
     out, _, _ = run_loop(8, signals_mode, every)
-    for sizes, record, ref, _ in out:
+    for _sizes, record, ref, _ in out:
         np.testing.assert_allclose(record.grad_var, ref.grad_var, rtol=1e-5)
         np.testing.assert_allclose(record.grad_norm, ref.grad_norm, rtol=1e-5)
         np.testing.assert_allclose(record.loss, ref.loss, rtol=1e-6)
@@ -129,7 +129,7 @@ def test_samples_default_to_the_batch_size_and_progress_spans_a_change():
                        b_min=4, b_max=64, grow_factor=2.0)
     controller = DebaController(policy, model.parameters(), loader=loader)
     seen = []
-    for epoch in range(3):
+    for _epoch in range(3):
         for x, y in loader:
             model.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)

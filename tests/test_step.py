@@ -107,7 +107,7 @@ def test_functional_update_equals_torch_sgd(momentum, weight_decay):
     bufs = [torch.zeros_like(t) for t in ours]
     opt = torch.optim.SGD(theirs, lr=0.03, momentum=momentum, weight_decay=weight_decay)
     lr = torch.tensor(0.03)
-    for i, new_lr in enumerate([0.03, 0.03, 0.1, 0.007, 0.007]):
+    for new_lr in [0.03, 0.03, 0.1, 0.007, 0.007]:
         grads = [torch.randn(s, generator=g) for s in shapes]
         kept = [gr.clone() for gr in grads]
         for t, gr in zip(theirs, grads):

@@ -52,6 +52,7 @@ Safety rules, each tested (docs/reliability.md):
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import platform
@@ -424,6 +425,7 @@ class Trainer:
         if hasattr(self.step, "free_graphs"):
             self.step.free_graphs()
         if self.device.type == "cuda":
+            gc.collect()  # tensors still referenced from the error's traceback frames
             torch.cuda.empty_cache()
 
     def _set_micro_batch(self, size: int) -> None:
