@@ -34,6 +34,7 @@ import torch
 from .errors import DebaError
 from .logio import atomic_write_text, write_json
 from .models import build_model, canonical_model_name
+from .training import build
 
 EPOCH_SAMPLES = 50_000  # CIFAR-10's training set
 MODES = ("eager", "graph")
@@ -63,15 +64,7 @@ class BenchSettings:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    name = name or "auto"
-    if name == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise DebaError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DebaError(f"device {name!r} requested but CUDA is not available here (use --device cpu)")
+    dev = build.resolve_device(name or "auto")
     if dev.type not in ("cpu", "cuda"):
         raise DebaError(f"device {name!r}: bench runs on cpu or cuda")
     return dev

@@ -2,6 +2,7 @@
 line-numbered errors for bad input."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,14 +38,16 @@ def dumps(obj: Any, **kw) -> str:
     return json.dumps(clean_json(obj), default=_default, allow_nan=False, **kw)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a whole file so that a crash leaves either the old file or the new one, never a mix."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w"):
+    """Open a temporary file beside ``path``; on success it is fsynced and renamed over ``path``, so a crash
+    leaves either the old file or the new one, never a mix. On error the temporary file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,6 +57,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a whole text file atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def write_json(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:

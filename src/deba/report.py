@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .calibration import PAPER_TABLE2
 from .errors import DebaError
 from .logio import atomic_write_text
 from .policy import DEFAULT_PRESET, TABLE1_THRESHOLDS, canonical_arch
@@ -42,16 +43,7 @@ from .policy import DEFAULT_PRESET, TABLE1_THRESHOLDS, canonical_arch
 # --- the paper's published numbers (arXiv 2511.03809) -------------------------------------------------
 # Table 1 lives in deba.policy.TABLE1_THRESHOLDS (the presets use it); the rest is here. Architectures by
 # torchvision name; accuracies in percent, times in seconds, speedups in percent. All at 100 epochs, 5 seeds.
-PAPER_TABLE2: dict[
-    str, dict[str, Any]
-] = {  # stability taxonomy from fixed-batch profiling (seeds 2, 42, 199)
-    "mobilenet_v3_large": {"mu_S": 0.590, "sigma_S": 0.028, "class": "overly stable", "delta_acc": 5.3},
-    "vit_b_16": {"mu_S": 0.546, "sigma_S": 0.012, "class": "overly stable", "delta_acc": 0.2},
-    "densenet121": {"mu_S": 0.495, "sigma_S": 0.019, "class": "moderately stable", "delta_acc": 1.9},
-    "resnet18": {"mu_S": 0.487, "sigma_S": 0.015, "class": "moderately stable", "delta_acc": 2.6},
-    "efficientnet_b0": {"mu_S": 0.331, "sigma_S": 0.182, "class": "dynamically stable", "delta_acc": 1.9},
-    "resnet50": {"mu_S": 0.185, "sigma_S": 0.079, "class": "naturally unstable", "delta_acc": -0.3},
-}
+# Table 2 lives in deba.calibration.PAPER_TABLE2 (imported above).
 ABLATIONS = ("baseline", "universal", "cooldown5", "cooldown2", "full-history")
 ABLATION_TITLES = {
     "baseline": "baseline (cooldown 10, window 15)",

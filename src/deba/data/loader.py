@@ -27,14 +27,14 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ..errors import DebaError
-from .sampling import augmentation_codes, check_batch_size, epoch_permutation
+from .sampling import BatchGeometry, augmentation_codes, check_batch_size, epoch_permutation
 
 
 def _as_device(device) -> torch.device:
     return device if isinstance(device, torch.device) else torch.device(device)
 
 
-class DeviceLoader:
+class DeviceLoader(BatchGeometry):
     """Batches ``(x float32 [b,C,H,W] normalised, y int64 [b])`` from uint8 images held on ``device``.
 
     ``batch_size`` is the global batch; with ``world_size`` > 1 this rank yields its ``B // world_size``
@@ -102,37 +102,7 @@ class DeviceLoader:
         self._codes: torch.Tensor | None = None
         self._batch_size = check_batch_size(batch_size, self.n, self.world_size)
 
-    # --- sizes -----------------------------------------------------------------------------------
-    @property
-    def batch_size(self) -> int:
-        """The requested global batch size B."""
-        return self._batch_size
-
-    @property
-    def per_rank_batch_size(self) -> int:
-        return self._batch_size // self.world_size
-
-    @property
-    def global_batch_size(self) -> int:
-        """Samples consumed per step over all ranks: world_size * (B // world_size) (B when w divides B)."""
-        return self.per_rank_batch_size * self.world_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Full global batches per epoch; the last partial batch is dropped."""
-        return self.n // self.global_batch_size
-
-    @property
-    def num_samples(self) -> int:
-        return self.n
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
-
+    # --- sizes (see BatchGeometry for the derived ones) ------------------------------------------
     def set_batch_size(self, batch_size: int) -> None:
         """Use global batch size B from the next batch on; raises BatchSizeError (a DebaError and a
         ValueError) when B > N or B < world_size. Nothing is re-created."""

@@ -89,3 +89,43 @@ def check_batch_size(batch_size: int, n: int, world_size: int) -> int:
 
 class BatchSizeError(DebaError, ValueError):
     """An impossible batch size: a DebaError (one line for the CLI) and a ValueError (for library users)."""
+
+
+class BatchGeometry:
+    """How a global batch size maps onto steps and ranks; shared by the device loader and the DataLoader
+    path. Needs ``n`` (training samples), ``world_size``, ``_batch_size`` and ``_epoch``."""
+
+    n: int
+    world_size: int
+    _batch_size: int
+    _epoch: int
+
+    @property
+    def batch_size(self) -> int:
+        """The requested global batch size B."""
+        return self._batch_size
+
+    @property
+    def per_rank_batch_size(self) -> int:
+        return self._batch_size // self.world_size
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples consumed per step over all ranks: world_size * (B // world_size) (B when w divides B)."""
+        return self.per_rank_batch_size * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch; the last partial batch is dropped."""
+        return self.n // self.global_batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return self.n
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ..errors import DebaError
-from .sampling import check_batch_size, epoch_permutation
+from .sampling import BatchGeometry, check_batch_size, epoch_permutation
 
 
 class _EpochBatches:
@@ -43,7 +43,7 @@ class _EpochBatches:
         return (o.n - o._start) // o.global_batch_size
 
 
-class DataLoaderSource:
+class DataLoaderSource(BatchGeometry):
     """Batches ``(x, y)`` on ``device`` from a map-style ``Dataset`` through an ordinary ``DataLoader``.
 
     Same interface as :class:`deba.data.DeviceLoader`: ``set_batch_size``, ``set_epoch``,
@@ -95,33 +95,6 @@ class DataLoaderSource:
         self._batch_size = 0
         self.loader: DataLoader | None = None
         self.set_batch_size(batch_size)
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @property
-    def per_rank_batch_size(self) -> int:
-        return self._batch_size // self.world_size
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.per_rank_batch_size * self.world_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n // self.global_batch_size
-
-    @property
-    def num_samples(self) -> int:
-        return self.n
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
     def set_batch_size(self, batch_size: int) -> None:
         """Rebuild the DataLoader for global batch size B (only when B changes)."""
