@@ -722,3 +722,12 @@ def test_mapping_epoch_must_be_an_integer(bad):
 
     with pytest.raises(ValueError, match="epoch must be an integer"):
         EpochSignals.from_mapping({"epoch": bad, "grad_var": 1.0, "grad_norm": 1.0, "loss": 1.0})
+
+
+def test_import_deba_needs_no_torch_and_exports_the_rest_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, deba; assert 'torch' not in sys.modules; "
+            "from deba import GradientSignals, DebaController, TrainConfig, train; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

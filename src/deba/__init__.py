@@ -19,7 +19,24 @@ from .policy import (  # noqa: E402
     make_deba,
 )
 
+# torch-dependent parts, imported on first use so that `import deba` (the policy) needs no torch
+_LAZY = {
+    "GradientSignals": "deba.signals",
+    "DebaController": "deba.integrations.loop",
+    "TrainConfig": "deba.training.config",
+    "train": "deba.training.trainer",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'deba' has no attribute {name!r}")
+
+
 __all__ = [
-    "BatchSizePolicy", "DEFAULT_PRESET", "DebaConfig", "DebaPolicy", "DecisionRecord", "EpochSignals",
+    "BatchSizePolicy", "DebaController", "GradientSignals", "TrainConfig", "train", "DEFAULT_PRESET", "DebaConfig", "DebaPolicy", "DecisionRecord", "EpochSignals",
     "FixedPolicy", "PRESETS", "StepGrowPolicy", "deba_config", "make_deba", "__version__",
 ]
