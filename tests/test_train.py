@@ -144,3 +144,23 @@ def test_tensorboard_logs_per_epoch_scalars(tmp_path):
     assert {"batch_size", "loss", "grad_var", "test_acc"} <= tags
     assert [e.step for e in acc.Scalars("batch_size")] == [1, 2]
     assert [e.value for e in acc.Scalars("batch_size")] == [32, 32]
+
+
+@pytest.mark.parametrize("name,classes", [("cifar10", 10), ("cifar100", 100)])
+def test_train_on_generated_cifar_format_folder(tmp_path, name, classes):
+    """The standard python-format folders (cifar-10-batches-py / cifar-100-python), generated here."""
+    from deba.data import write_cifar_fixture
+
+    root = tmp_path / "data"
+    write_cifar_fixture(root, name, n_train=300, n_test=100, seed=1)
+    out = tmp_path / "run"
+    rc = main(["train", "--arch", "tiny_cnn", "--dataset", name, "--data", str(root), "--device", "cpu",
+               "--epochs", "2", "--policy", "fixed", "--start-batch", "50", "--quiet", "--out", str(out)])
+    assert rc == 0
+    config, epochs, summary = _read(out)
+    assert [e["steps"] for e in epochs] == [6, 6] and summary["status"] == "complete"
+    import torch
+
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    classifier = [v for v in state["model"].values() if v.dim() == 2][-1]  # the last Linear layer
+    assert classifier.shape[0] == classes
