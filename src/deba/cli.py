@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except DebaError as e:
         print(f"deba {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a file that cannot be read or written, met where no earlier check caught it
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"deba {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"deba {args.command}: interrupted", file=sys.stderr)
         return 130

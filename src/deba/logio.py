@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .errors import DebaError
+from .errors import DebaError, OutputError
 
 SCHEMA_VERSION = 1
 
@@ -43,20 +43,75 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
     """Open a temporary file beside ``path``; on success it is fsynced and renamed over ``path``, so a crash
     leaves either the old file or the new one, never a mix. On error the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {why_not_writable(path, e)}") from None
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise OutputError(f"cannot write {path}: {why_not_writable(path, e)}") from None
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def why_not_writable(path: str | os.PathLike, err: OSError) -> str:
+    """A short reason a write to ``path`` failed, naming an ancestor that is a file rather than a folder
+    (mkdir's own message, "File exists", does not say which)."""
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    if path.is_dir():
+        return "it is a folder"
+    return err.strerror or str(err)
+
+
+def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """``mkdir -p`` that says in one line why a folder cannot be made (a file in the way, no permission)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is an existing file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {what} {path}: {why_not_writable(path, e)}") from None
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> None:
+    """Before long work whose result goes to ``path``: refuse a path that is a folder or lies under a file, so
+    the work is not lost at the end. (Permissions and odd filesystems are still found only by the write.)"""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder, not a file")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {what} {path}: {parent} is a file, not a folder")
+            break
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one existing file (so writing one would overwrite the other)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -77,12 +132,13 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
 
 def read_json(path: str | os.PathLike) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise DebaError(f"{path}: no such file")
+    _check_readable_file(path)
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DebaError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise DebaError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(obj, dict):
         raise DebaError(f"{path}: expected a JSON object")
     return obj
@@ -91,19 +147,30 @@ def read_json(path: str | os.PathLike) -> dict:
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-empty line; bad lines raise DebaError naming file and line."""
     path = Path(path)
+    _check_readable_file(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DebaError(f"{path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise DebaError(f"{path}: cannot read ({e.strerror or e})") from None
+    for lineno, line in enumerate(text.split("\n"), 1):  # newlines only, as reading line by line
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DebaError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DebaError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def _check_readable_file(path: Path) -> None:
+    if path.is_dir():
+        raise DebaError(f"{path}: is a folder, not a file")
     if not path.is_file():
         raise DebaError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DebaError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise DebaError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
 
 
 def read_signal_log(path: str | os.PathLike, required: Sequence[str] = ("epoch", "grad_var", "grad_norm", "loss")) -> list[dict]:

@@ -53,6 +53,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path that cannot be written before measuring, not after."""
+    from ..logio import check_output_file
+
+    for flag, path in (("--out", args.out), ("--markdown", args.markdown), ("--plot", getattr(args, "plot", None))):
+        if path:
+            check_output_file(path, flag)
+
+
 CHECK_ARCHS = ("resnet18", "mobilenet_v3_large", "densenet121")
 
 
@@ -62,6 +71,7 @@ def _run_check(args: argparse.Namespace) -> int:
     if args.modes or args.plot:
         raise DebaError("--check compares eager with graph itself: it takes no --modes or --plot")
     device = bench.resolve_device(args.device)
+    _check_outputs(args)
     if device.type != "cuda":
         raise DebaError(f"--check compares the CUDA-graph step with the eager step: it needs a CUDA device, "
                         f"this is {device.type}")
@@ -89,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_check(args)
     if args.check_rtol is not None:
         raise DebaError("--check-rtol goes with --check")
+    _check_outputs(args)
     settings = bench.make_settings(
         archs=_split(args.arch), batch_sizes=_split(args.batch_sizes), device=args.device, modes=_split(args.modes),
         steps=args.steps, warmup=args.warmup, amp=args.amp, channels_last=args.channels_last,

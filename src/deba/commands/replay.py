@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Iterable, Sequence
 
 from ..errors import DebaError
-from ..logio import read_signal_log, write_jsonl
+from ..logio import read_signal_log, same_file, write_jsonl
 from ..policy import BatchSizePolicy, DecisionRecord, EpochSignals
 from ._policy_args import add_policy_options, describe_policy, policy_from_args
 
@@ -80,16 +80,12 @@ def summary_line(records: Sequence[DecisionRecord], policy: BatchSizePolicy) -> 
 
 def run(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
-    try:
-        rows = read_signal_log(args.log)
-    except UnicodeDecodeError:
-        raise DebaError(f"{args.log}: not a UTF-8 text file") from None
+    if args.out and same_file(args.out, args.log):
+        raise DebaError(f"--out {args.out} is the input log: writing decisions there would overwrite it")
+    rows = read_signal_log(args.log)
     records = replay_rows(rows, policy)
     if args.out:
-        try:
-            write_jsonl(args.out, [r.to_dict() for r in records])
-        except OSError as e:
-            raise DebaError(f"cannot write {args.out}: {e.strerror or e}") from None
+        write_jsonl(args.out, [r.to_dict() for r in records])  # an unwritable path is a one-line DebaError
         print(f"{summary_line(records, policy)}; decisions written to {args.out}")
     else:
         print(describe_policy(policy))
