@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import DebaError
 from .logio import SCHEMA_VERSION, read_json, write_json
-from .policy.base import CONF_MODES, SignalTracker
+from .policy.base import CONF_MODES, MAX_WINDOW, SignalTracker
 from .policy.presets import TABLE1_THRESHOLDS, canonical_arch
 
 SIGNAL_FIELDS = ("grad_var", "grad_norm", "loss")
@@ -100,6 +100,8 @@ def _log_name(names: Sequence[str] | None, i: int) -> str:
 def _check_options(window: Any, conf_mode: Any) -> None:
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise DebaError(f"window must be an integer >= 1, got {window!r}")
+    if window > MAX_WINDOW:
+        raise DebaError(f"window must be at most {MAX_WINDOW}, got {window}")
     if conf_mode not in CONF_MODES:
         raise DebaError(f"conf mode must be one of {', '.join(CONF_MODES)}, got {conf_mode!r}")
 
@@ -190,7 +192,8 @@ def stability_score(log: Sequence[Mapping[str, Any]], window: int = 15, name: st
     mean_gv = gv.mean()
     if mean_gv <= 0:
         raise DebaError(f"{name}: grad_var is zero in every epoch; its coefficient of variation is undefined")
-    cv = gv.std(ddof=0) / mean_gv
+    gv = gv / gv.max()  # CV is scale-free; scaling first keeps std from overflowing on huge grad_var
+    cv = gv.std(ddof=0) / gv.mean()
     defined = _defined(rows)
     mean_dnorm = np.mean(np.asarray([r["dnorm"] for r in defined], dtype=np.float64))
     mean_dloss = np.mean(np.asarray([r["dloss"] for r in defined], dtype=np.float64))

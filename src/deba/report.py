@@ -37,7 +37,7 @@ import pandas as pd
 
 from .calibration import PAPER_TABLE2
 from .errors import DebaError
-from .logio import atomic_write_text
+from .logio import atomic_write_text, make_dir
 from .policy import DEFAULT_PRESET, TABLE1_THRESHOLDS, canonical_arch
 
 # --- the paper's published numbers (arXiv 2511.03809) -------------------------------------------------
@@ -319,6 +319,22 @@ class RunSet:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_run_fields(config: Mapping[str, Any], summary: Mapping[str, Any], where: str) -> None:
+    """The keys the report computes with (run identity, cooldown column) must be integers: a hand-edited or
+    foreign log is named in one line instead of failing deep inside a table."""
+    for name, d, keys in (("config.json", config, ("epochs", "seed", "cooldown")),
+                          ("summary.json", summary, ("epochs", "seed"))):
+        for key in keys:
+            v = d.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise DebaError(f"{where}/{name}: {key} must be an integer, got {json.dumps(v)}")
+    for key in ("epochs", "seed"):
+        if config.get(key) is None and summary.get(key) is None:
+            raise DebaError(f"{where}: neither config.json nor summary.json gives {key}")
+    if not (config.get("epochs") or summary.get("epochs") or 0) >= 1:
+        raise DebaError(f"{where}: epochs must be >= 1")
+
+
 def load_runs(inputs: Sequence[str | os.PathLike]) -> RunSet:
     """Every run in the given folders and archives. A run found twice (e.g. in two packs of one study) is kept
     once: a complete copy wins over an incomplete one; between two complete ones, the later input wins."""
@@ -337,6 +353,7 @@ def load_runs(inputs: Sequence[str | os.PathLike]) -> RunSet:
             summary = _parse_json(files["summary.json"], f"{where}/summary.json")
             config = _parse_json(files["config.json"], f"{where}/config.json")
             records = _parse_jsonl(files["epochs.jsonl"], f"{where}/epochs.jsonl")
+            _check_run_fields(config, summary, where)
             run = RunLog(run_id, str(path), config, summary, records)
             run.variant, run.preset, run.ablation, run.setting = variant_of(config)
             run.arm = _arm_from_path(run_id, run.epochs) or run.variant
@@ -396,7 +413,10 @@ class BenchTable:
         path = Path(path)
         if not path.is_file():
             raise DebaError(f"{path}: no such bench file")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DebaError(f"{path}: not a UTF-8 text file (expected `deba bench --out` JSON)") from None
         try:
             obj = json.loads(text)
             records = obj.get("records") if isinstance(obj, dict) else obj
@@ -1116,14 +1136,15 @@ def build_report(
 ) -> dict[str, Any]:
     """Read the runs, write report.md, the CSVs and the PNGs into ``out``; return the tables and paths."""
     runset = load_runs(inputs)
-    out = Path(out) if out is not None else default_out(inputs)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(Path(out) if out is not None else default_out(inputs), "report folder")
     bench_table = BenchTable.load(bench) if bench else None
     t4 = table4(runset, baseline, bench_table, bench_mode)
     t3 = table3(runset, t4)
     t3s = table3_summary(t3)
     t1, t2 = tables_1_2(runset, t4, baseline, window)
     t4ref = table_vs_reference(runset, reference)
+    if baseline is not None and not any(r.arm == baseline for r in runset.runs):
+        runset.notes.append(f"no arm named {baseline!r} in any group: no comparison with a baseline arm")
     if reference is not None and t4ref.empty:
         runset.notes.append(f"no arm named {reference!r} in any group: no comparison with a reference arm")
     modelled = {}

@@ -78,10 +78,17 @@ def format_report(report: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..calibration import calibrate, paper_values, write_thresholds_file
-    from ..logio import dumps, read_signal_log
+    from ..policy.base import MAX_WINDOW
+    from ..logio import check_output_file, dumps, read_signal_log, same_file
 
-    if args.window < 1:
-        raise DebaError(f"--window must be >= 1, got {args.window}")
+    if not 1 <= args.window <= MAX_WINDOW:
+        raise DebaError(f"--window must be in [1, {MAX_WINDOW}], got {args.window}")
+    if args.write_thresholds:
+        clash = [path for path in args.logs if same_file(path, args.write_thresholds)]
+        if clash:
+            raise DebaError(f"--write-thresholds {args.write_thresholds} is an input log: writing there would "
+                            "overwrite it")
+        check_output_file(args.write_thresholds, "thresholds file")
     logs = [read_signal_log(path) for path in args.logs]
     report = calibrate(logs, window=args.window, conf_mode=args.conf, names=list(args.logs))
     if args.arch:

@@ -44,9 +44,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..report import build_report
+    from ..policy.base import MAX_WINDOW
 
-    if args.window < 1:
-        raise DebaError(f"--window must be >= 1, got {args.window}")
+    if not 1 <= args.window <= MAX_WINDOW:
+        raise DebaError(f"--window must be in [1, {MAX_WINDOW}], got {args.window}")
+    if args.bench_mode and not args.bench:
+        raise DebaError("--bench-mode picks a mode of the --bench file: give --bench FILE.json too")
     result = build_report(
         args.inputs,
         args.out,

@@ -96,6 +96,9 @@ class TrackedSignals:
     first: bool
 
 
+MAX_WINDOW = 2**31 - 1  # largest window a SignalTracker accepts
+
+
 class SignalTracker:
     """Turns per-period (grad_var, grad_norm, loss) into (dnorm, dloss, conf).
 
@@ -107,6 +110,8 @@ class SignalTracker:
     def __init__(self, window: int = 15, full_history: bool = False, conf_mode: str = "ratio"):
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
+        if window > MAX_WINDOW:  # deque's maxlen is a C ssize_t; no run has this many periods anyway
+            raise ValueError(f"window must be at most {MAX_WINDOW}, got {window}")
         if conf_mode not in CONF_MODES:
             raise ValueError(f"conf mode must be one of {CONF_MODES}, got {conf_mode!r}")
         self.window = window

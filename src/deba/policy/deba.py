@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 from .base import (
     CONF_MODES,
+    MAX_WINDOW,
     BatchSizePolicy,
     DecisionRecord,
     EpochSignals,
@@ -52,6 +53,8 @@ class DebaConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if integer("window") < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.window > MAX_WINDOW:
+            raise ValueError(f"window must be at most {MAX_WINDOW}, got {self.window}")
         if integer("cooldown") < 0:
             raise ValueError(f"cooldown must be >= 0, got {self.cooldown}")
         if number("grow_factor") <= 1:
