@@ -33,7 +33,7 @@ import torch
 
 from .errors import DebaError
 from .logio import atomic_write_text, write_json
-from .models import build_model, canonical_model_name
+from .models import build_model, canonical_model_name, check_model_output
 from .training import build
 
 EPOCH_SAMPLES = 50_000  # CIFAR-10's training set
@@ -270,6 +270,9 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
             model = build_model(arch, settings.num_classes, settings.image_size).to(device)
             if settings.channels_last:
                 model = model.to(memory_format=torch.channels_last)
+            if ":" in arch:  # a user's model that does not fit the bench's images: one line, not a traceback
+                check_model_output(model, (3, settings.image_size, settings.image_size), settings.num_classes,
+                                   arch, device, settings.channels_last)
             model.train()
             for batch in settings.batch_sizes:
                 try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +105,8 @@ def _user_model(spec: str, num_classes: int) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise DebaError(f"model {spec!r}: cannot import {module_name!r} ({e})") from None
+    except Exception as e:  # the module itself is broken (SyntaxError, an error at import time)
+        raise DebaError(f"model {spec!r}: importing {module_name!r} failed: {_one_line(e)}") from None
     fn: Callable = module
     for part in attr.split("."):
         fn = getattr(fn, part, None)
@@ -117,10 +119,43 @@ def _user_model(spec: str, num_classes: int) -> nn.Module:
         takes_classes = any(p.name == "num_classes" or p.kind is p.VAR_KEYWORD for p in params)
     except (TypeError, ValueError):  # builtins without a signature: try the keyword
         takes_classes = True
-    model = fn(num_classes=num_classes) if takes_classes else fn()
+    try:
+        model = fn(num_classes=num_classes) if takes_classes else fn()
+    except Exception as e:
+        raise DebaError(f"model {spec!r}: {attr}({'num_classes=' + str(num_classes) if takes_classes else ''}) "
+                        f"raised {_one_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise DebaError(f"model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def check_model_output(model: nn.Module, sample_shape: Sequence[int], num_classes: int, name: str,
+                       device: torch.device | str = "cpu", channels_last: bool = False) -> None:
+    """Run a user's model once on two blank inputs of ``sample_shape`` (C, H, W) and check that it gives
+    ``num_classes`` logits per input, so a model that does not fit the data fails here, in one line, rather
+    than inside the first training step. Eval mode and no autograd: no state of the model changes."""
+    x = torch.zeros((2, *sample_shape), device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        raise DebaError(f"model {name!r} fails on a batch of {'x'.join(map(str, sample_shape))} inputs: "
+                        f"{_one_line(e)}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DebaError(f"model {name!r} must return logits of shape (batch, {num_classes}) for "
+                        f"{'x'.join(map(str, sample_shape))} inputs, got {got}")
 
 
 def build_model(name: str, num_classes: int, image_size: int = 32) -> nn.Module:

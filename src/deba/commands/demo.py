@@ -39,6 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from ..training.config import TrainConfig
     from ..training.trainer import train
 
+    from ..calibration import MIN_USABLE_EPOCHS
+    from ..errors import DebaError
+
+    if args.epochs < MIN_USABLE_EPOCHS:  # step 2 calibrates from the fixed run: refuse before training it
+        raise DebaError(f"--epochs must be at least {MIN_USABLE_EPOCHS} (the calibration step needs them), "
+                        f"got {args.epochs}")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     out = Path(args.out)
     data = load_dataset("synthetic")

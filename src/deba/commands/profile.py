@@ -22,11 +22,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibration import calibrate, write_thresholds_file
-    from ..logio import read_json, read_signal_log, write_json
+    from ..calibration import MIN_USABLE_EPOCHS, calibrate, write_thresholds_file
+    from ..logio import make_dir, read_json, read_signal_log, write_json
     from ..training.trainer import train
 
     out = Path(args.out)
+    dup = sorted({s for s in args.seeds if args.seeds.count(s) > 1})
+    if dup:
+        raise DebaError(f"--seeds lists seed {dup[0]} twice: each seed is one profiling run")
+    epochs = config_from_args(args, seed=args.seeds[0], policy="fixed").epochs
+    if epochs < MIN_USABLE_EPOCHS:
+        raise DebaError(f"--epochs {epochs}: calibration needs at least {MIN_USABLE_EPOCHS} epochs per run")
+    make_dir(out)
     logs, names = [], []
     for seed in args.seeds:
         run_dir = out / f"seed{seed}"
@@ -37,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         logs.append(read_signal_log(run_dir / "epochs.jsonl"))
         names.append(str(run_dir / "epochs.jsonl"))
     window = args.window or 15
-    report = calibrate(logs, window=window, conf_mode=args.conf)
+    report = calibrate(logs, window=window, conf_mode=args.conf, names=names)
     report["logs"] = names
     report["arch"] = args.model or args.arch or "resnet18"
     write_json(out / "profile.json", report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from ..errors import DebaError
 from ..training.config import TrainConfig, load_config_file
@@ -81,10 +82,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+# what a run writes into --out; any of them there means another run's results would be overwritten
+RUN_OUTPUTS = ("config.json", "epochs.jsonl", "summary.json", "checkpoint.pt", "decisions.jsonl")
+
+
+def check_out_folder(out: str | None, resume: bool) -> None:
+    """--out must be a folder (or not exist yet) and, without --resume, hold no earlier run's files."""
+    if not out:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise DebaError(f"--out {out} is an existing file, not a folder")
+    if not resume and path.is_dir():
+        found = [name for name in RUN_OUTPUTS if (path / name).exists()]
+        if found:
+            raise DebaError(f"--out {out} already holds a run ({', '.join(found)}): pass --resume to continue it, "
+                            "or choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.trainer import train
 
     config = config_from_args(args)
+    check_out_folder(config.out, args.resume)
     summary = train(config, resume=args.resume)
     if not config.quiet:
         acc = summary["final_test_acc"]

@@ -15,10 +15,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise DebaError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise DebaError(f"device {name!r} is not supported (use auto, cpu, cuda or cuda:N)")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DebaError(f"device {name!r} requested but CUDA is not available here (use --device cpu)")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
+    if dev.type == "cuda" and dev.index >= torch.cuda.device_count():
+        raise DebaError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"numbered from 0")
     return dev
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_args
@@ -20,6 +21,7 @@ AMP_MODES = ("none", "bf16")
 SIGNAL_MODES = ("last", "epoch-avg")
 NONFINITE_ACTIONS = ("skip", "stop")
 INTERVAL_UNITS = ("steps", "samples")
+PATH_FIELDS = ("data", "thresholds", "out", "tensorboard")  # may be given as os.PathLike
 
 
 @dataclass
@@ -91,6 +93,7 @@ class TrainConfig:
             if v not in options:
                 raise DebaError(f"{name} must be one of {', '.join(options)}, got {v!r}")
 
+        self._check_types()
         choice("policy", POLICIES)
         choice("lr_schedule", LR_SCHEDULES)
         choice("lr_scaling", LR_SCALINGS)
@@ -109,6 +112,14 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise DebaError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.preset is not None:
+            from ..policy import PRESETS
+
+            choice("preset", tuple(PRESETS))
+        for name, least in (("window", 1), ("cooldown", 0)):
+            v = getattr(self, name)
+            if v is not None and v < least:
+                raise DebaError(f"{name} must be an integer >= {least}, got {v!r}")
         if self.checkpoint_every < 0:
             raise DebaError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         for name in ("lr", "momentum", "weight_decay"):
@@ -119,6 +130,35 @@ class TrainConfig:
             raise DebaError(f"lr must be > 0, got {self.lr}")
         if self.policy == "step-grow" and not self.milestones:
             raise DebaError("policy step-grow needs milestones (epochs after which the batch grows)")
+
+    def _check_types(self) -> None:
+        """Each value has its field's type (a config file can hold anything): one line naming the key."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            kinds = [k.strip() for k in str(f.type).split("|")]
+            if v is None:
+                if "None" in kinds:
+                    continue
+                raise DebaError(f"{f.name} must not be null")
+            kind = kinds[0]
+            if kind == "bool":
+                ok, want = isinstance(v, bool), "true or false"
+            elif kind == "int":
+                ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
+            elif kind == "float":
+                ok, want = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
+            elif kind == "str":
+                if f.name in PATH_FIELDS and isinstance(v, os.PathLike):
+                    v = os.fspath(v)
+                    setattr(self, f.name, v)  # config.json and resume comparisons see a plain string
+                ok, want = isinstance(v, str), "a string"
+            elif kind.startswith("list"):
+                ok = isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                want = "a list of integers"
+            else:  # pragma: no cover - a field of a new type: add its check above
+                continue
+            if not ok:
+                raise DebaError(f"{f.name} must be {want}, got {v!r}")
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -151,7 +191,10 @@ def load_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DebaError(f"{path}: no such config file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DebaError(f"{path}: not a UTF-8 text file (a config must be YAML or JSON)") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml

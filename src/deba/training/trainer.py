@@ -67,7 +67,7 @@ import numpy as np
 import torch
 
 from ..errors import DebaError
-from ..logio import read_json, write_json, write_jsonl
+from ..logio import make_dir, read_json, write_json, write_jsonl
 from ..policy import BatchSizePolicy, EpochSignals
 from .build import build_policy, policy_arch_name, resolve_device
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state, snapshot_state
@@ -228,6 +228,12 @@ class Trainer:
         model = model.to(self.device)
         if c.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if c.model and self._user_model is None and self.data is not None:
+            # a user's "pkg.mod:fn" that does not fit the data: one line now, not a traceback in step 1
+            from ..models import check_model_output
+
+            check_model_output(model, tuple(self.data.train_x.shape[1:]), num_classes, c.model, self.device,
+                               c.channels_last)
         self.model = model
         self.train_module = model
         graphs = c.graphs
@@ -615,7 +621,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         c = self.config
         if self.out and self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_dir(self.out)
         resumed = self.resume() if resume else False
         if resume and not resumed and self.out and self.dist.is_main:
             self._event("no checkpoint found: starting from scratch")
