@@ -55,7 +55,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import DebaError
-from .logio import atomic_write_text, dumps
+from .logio import atomic_write_text, check_output_file, dumps, make_dir
 from .training.config import TrainConfig
 
 SPEC_KEYS = (
@@ -347,7 +347,10 @@ def load_spec(path: str | os.PathLike, data_overrides: Mapping[str, str] | None 
         raise DebaError(f"{path}: no such study spec")
     import yaml
 
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DebaError(f"{path}: not a UTF-8 text file (a study spec is YAML)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -825,7 +828,7 @@ def run_study(
     for d, path in spec.data.items():
         if d in spec.datasets and not Path(os.path.expandvars(os.path.expanduser(path))).exists():
             raise DebaError(f"data for {d} not found: {path} (set it with --data {d}=PATH)")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "study folder")
     if spec.text:
         atomic_write_text(out / SPEC_COPY, spec.text)
 
@@ -1014,7 +1017,8 @@ def pack_study(spec: StudySpec, out: str | os.PathLike, archive: str | os.PathLi
     into one .tar.gz, paths relative to ``out`` (so `--restore` or `tar -C OUT -x` puts them back). Returns
     the number of runs packed."""
     out, archive = Path(out), Path(archive)
-    archive.parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(archive, "--pack archive")
+    make_dir(archive.parent, "folder for the --pack archive")
     tmp = archive.with_name(f".{archive.name}.{os.getpid()}.tmp")
     n = 0
     try:
@@ -1102,7 +1106,9 @@ def read_archive_runs(archive: str | os.PathLike) -> dict[str, dict[str, str]]:
                     continue
                 runs.setdefault(str(p.parent), {})[p.name] = f.read().decode("utf-8", errors="replace")
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise DebaError(f"{archive}: not a readable .tar.gz archive ({e})") from None
+        # tarfile's "could not be opened" lists every method it tried, one per line: keep the first line
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
+        raise DebaError(f"{archive}: not a readable .tar.gz archive ({reason})") from None
     return runs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from ..errors import DebaError
 
@@ -90,8 +91,19 @@ def run(args: argparse.Namespace) -> int:
     shard = study.parse_shard(args.shard)
     if args.pack_only and not args.pack:
         raise DebaError("--pack-only needs --pack FILE")
-    if args.time_limit is not None and args.time_limit <= 0:
+    if args.time_limit is not None and not args.time_limit > 0:  # NaN too
         raise DebaError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DebaError(f"--out {args.out} is an existing file, not a folder")
+    if args.pack:
+        from ..logio import check_output_file
+
+        check_output_file(args.pack, "--pack archive")
+    try:
+        command = shlex.split(args.train_command) if args.train_command else None
+    except ValueError as e:  # an unclosed quote
+        raise DebaError(f"--train-command {args.train_command!r}: {e}") from None
     if args.restore and not args.dry_run:
         n = study.restore_archives(args.restore, args.out)
         print(f"restored {n} finished run(s) from {len(args.restore)} archive(s)")
@@ -107,7 +119,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     code = 0
     if not args.pack_only:
-        command = shlex.split(args.train_command) if args.train_command else None
         result = study.run_study(
             spec,
             args.out,
