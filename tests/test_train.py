@@ -164,3 +164,17 @@ def test_train_on_generated_cifar_format_folder(tmp_path, name, classes):
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     classifier = [v for v in state["model"].values() if v.dim() == 2][-1]  # the last Linear layer
     assert classifier.shape[0] == classes
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("arch: tiny_cnn\nlr: 1e-3\nweight_decay: 5e-4\nepochs: 1\n")
+    from deba.training.config import TrainConfig
+
+    cfg = TrainConfig.from_file(cfg_file)
+    assert cfg.lr == 1e-3 and cfg.weight_decay == 5e-4
+    cfg_file.write_text("lr: fast\n")
+    from deba.errors import DebaError
+
+    with pytest.raises(DebaError, match="lr must be a number"):
+        TrainConfig.from_file(cfg_file)

@@ -146,6 +146,13 @@ class TrainConfig:
             elif kind == "int":
                 ok, want = isinstance(v, int) and not isinstance(v, bool), "an integer"
             elif kind == "float":
+                if isinstance(v, str):
+                    # YAML 1.1 (PyYAML) reads 1e-3 without a dot as a string: take it as the number it spells
+                    try:
+                        v = float(v)
+                        setattr(self, f.name, v)
+                    except ValueError:
+                        pass
                 ok, want = isinstance(v, (int, float)) and not isinstance(v, bool), "a number"
             elif kind == "str":
                 if f.name in PATH_FIELDS and isinstance(v, os.PathLike):
