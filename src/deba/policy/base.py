@@ -9,6 +9,7 @@ instead (``decision_interval``); the window and the cooldown are then counted in
 """
 from __future__ import annotations
 
+import abc
 import math
 import numbers
 import statistics
@@ -143,7 +144,7 @@ class SignalTracker:
         self.prev_loss = state["prev_loss"]
 
 
-class BatchSizePolicy:
+class BatchSizePolicy(abc.ABC):
     """Base class of every policy: ``step(signals) -> DecisionRecord``, ``batch_size``, state round trips.
 
     Shaped like ``torch.optim.lr_scheduler``: the harness calls :meth:`step` once per period with
@@ -182,8 +183,9 @@ class BatchSizePolicy:
         if self.last_epoch is not None and epoch != self.last_epoch + 1:
             raise ValueError(f"epochs must be consecutive: got epoch {epoch} after epoch {self.last_epoch}")
 
-    def step(self, signals: EpochSignals | Mapping[str, Any]) -> DecisionRecord:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def step(self, signals: EpochSignals | Mapping[str, Any]) -> DecisionRecord:
+        """Consume one period's signals; return the decision record and move to the next batch size."""
 
     # --- state -----------------------------------------------------------------------------
     def settings(self) -> dict:
@@ -208,5 +210,5 @@ class BatchSizePolicy:
         self.last_epoch = state["last_epoch"]
         self.counts = dict(state["counts"])
 
-    def _apply_settings(self, settings: Mapping[str, Any]) -> None:
+    def _apply_settings(self, settings: Mapping[str, Any]) -> None:  # noqa: B027 - a hook, empty by default
         pass

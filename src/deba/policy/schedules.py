@@ -1,6 +1,7 @@
 """Non-adaptive batch-size policies used as baselines: fixed, and step growth at set epochs."""
 from __future__ import annotations
 
+import abc
 from typing import Any, Mapping, Sequence
 
 from .base import BatchSizePolicy, DecisionRecord, EpochSignals, SignalTracker
@@ -20,8 +21,9 @@ class _ObservingPolicy(BatchSizePolicy):
         self.conf_mode = conf_mode
         self.tracker = SignalTracker(window, False, conf_mode)
 
-    def _next(self, epoch: int) -> tuple[str, str, int]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _next(self, epoch: int) -> tuple[str, str, int]:
+        """(decision, reason, next batch size) for the period that just ended."""
 
     def step(self, signals: EpochSignals | Mapping[str, Any]) -> DecisionRecord:
         if not isinstance(signals, EpochSignals):
