@@ -178,12 +178,3 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
 
     with pytest.raises(DebaError, match="lr must be a number"):
         TrainConfig.from_file(cfg_file)
-
-
-def test_deba_only_options_refused_for_other_policies():
-    from deba.errors import DebaError
-
-    with pytest.raises(DebaError, match="only apply to policy deba"):
-        TrainConfig(policy="fixed", theta_stab=0.5)
-    with pytest.raises(DebaError, match="thresholds only apply"):
-        TrainConfig(policy="step-grow", milestones=[2], thresholds="t.json")

@@ -128,10 +128,6 @@ class TrainConfig:
                 raise DebaError(f"{name} must be a number >= 0, got {v!r}")
         if self.lr <= 0:
             raise DebaError(f"lr must be > 0, got {self.lr}")
-        if self.policy != "deba":
-            given = [n for n in ("thresholds", "theta_stab", "theta_conf", "preset") if getattr(self, n) is not None]
-            if given:
-                raise DebaError(f"{', '.join(given)} only apply to policy deba (this run's policy is {self.policy})")
         if self.policy == "step-grow" and not self.milestones:
             raise DebaError("policy step-grow needs milestones (epochs after which the batch grows)")
 
