@@ -130,6 +130,17 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
+def read_text_input(path: str | os.PathLike, what: str, expected: str) -> str:
+    """The text of an input file, or one DebaError line: missing (``no such WHAT``) or not UTF-8."""
+    path = Path(path)
+    if not path.is_file():
+        raise DebaError(f"{path}: no such {what}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DebaError(f"{path}: not a UTF-8 text file ({expected})") from None
+
+
 def read_json(path: str | os.PathLike) -> dict:
     path = Path(path)
     _check_readable_file(path)

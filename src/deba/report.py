@@ -37,7 +37,7 @@ import pandas as pd
 
 from .calibration import PAPER_TABLE2
 from .errors import DebaError
-from .logio import atomic_write_text, make_dir
+from .logio import atomic_write_text, make_dir, read_text_input
 from .policy import DEFAULT_PRESET, TABLE1_THRESHOLDS, canonical_arch
 
 # --- the paper's published numbers (arXiv 2511.03809) -------------------------------------------------
@@ -411,12 +411,7 @@ class BenchTable:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BenchTable":
         path = Path(path)
-        if not path.is_file():
-            raise DebaError(f"{path}: no such bench file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DebaError(f"{path}: not a UTF-8 text file (expected `deba bench --out` JSON)") from None
+        text = read_text_input(path, "bench file", "expected `deba bench --out` JSON")
         try:
             obj = json.loads(text)
             records = obj.get("records") if isinstance(obj, dict) else obj

@@ -55,7 +55,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import DebaError
-from .logio import atomic_write_text, check_output_file, dumps, make_dir
+from .logio import atomic_write_text, check_output_file, dumps, make_dir, read_text_input
 from .training.config import TrainConfig
 
 SPEC_KEYS = (
@@ -343,14 +343,9 @@ def arm_depths(spec: StudySpec) -> dict[str, int]:
 
 def load_spec(path: str | os.PathLike, data_overrides: Mapping[str, str] | None = None) -> StudySpec:
     path = Path(path)
-    if not path.is_file():
-        raise DebaError(f"{path}: no such study spec")
     import yaml
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DebaError(f"{path}: not a UTF-8 text file (a study spec is YAML)") from None
+    text = read_text_input(path, "study spec", "a study spec is YAML")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, get_args
 
 from ..errors import DebaError
+from ..logio import read_text_input
 
 POLICIES = ("fixed", "deba", "step-grow")
 LR_SCHEDULES = ("constant", "cosine")
@@ -196,12 +197,7 @@ class TrainConfig:
 def load_config_file(path: str | Path) -> dict:
     """Read a YAML or JSON mapping of TrainConfig keys."""
     path = Path(path)
-    if not path.is_file():
-        raise DebaError(f"{path}: no such config file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DebaError(f"{path}: not a UTF-8 text file (a config must be YAML or JSON)") from None
+    text = read_text_input(path, "config file", "a config must be YAML or JSON")
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
