@@ -56,3 +56,34 @@ def test_two_rank_ddp_matches_single_process(tmp_path):
     timing = {"train_time_s", "eval_time_s", "events", "schema_version"}
     strip = lambda recs: [{k: v for k, v in e.items() if k not in timing} for e in recs]  # noqa: E731
     assert strip(_epochs(part)) == strip(b)
+
+
+@pytest.mark.slow
+def test_out_of_memory_on_one_rank_stops_and_the_restart_applies_the_cap(tmp_path):
+    """Rank 1 runs out of memory at the grown batch 72 (36 per rank) in epoch 4. Rank 0 is then inside the
+    gradient all-reduce, so the run cannot recover in place: rank 1 writes its cap and exits 75, torchrun
+    (--max-restarts 1) restarts both ranks with the same arguments, --resume loads the epoch-3 checkpoint
+    and every rank applies the cap (48, the largest size that worked), so epoch 4 trains at 48."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+    args = [a if a != "tiny_mlp" else "oom_on_rank1:mlp" for a in ARGS]
+    run = tmp_path / "ddp-oom"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
+                        "--monitor-interval", "0.2", "--master-port", str(_free_port()), "-m", "deba", "train", *args,
+                        "--epochs", "5", "--out", str(run), "--resume"],
+                       env=env, timeout=600, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "out of memory at batch size 72 on rank 1 of 2" in r.stderr
+    limit = json.loads((run / "oom-rank1.json").read_text())
+    assert (limit["b_max_cap"], limit["failed_batch_size"], limit["epoch"]) == (48, 72, 4)
+    assert not (run / "oom-rank0.json").exists()
+    recs = _epochs(run)
+    # the same decisions as the unconstrained run up to epoch 3, then the cap
+    assert [e["batch_size"] for e in recs] == [32, 32, 48, 48, 48]
+    assert [e["epoch"] for e in recs] == [1, 2, 3, 4, 5]
+    assert recs[3]["b_max_cap"] == 48
+    assert any("B_max capped at 48" in ev for ev in recs[3]["events"])
+    assert all(max(b for b, _ in e["batch_steps"]) <= 48 for e in recs)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "complete"

@@ -535,3 +535,44 @@ def test_bench_check_needs_cuda_one_line(capsys):
     assert main(["bench", "--check", "--device", "cpu", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs a CUDA device" in err
+
+
+class _BNThenLimit(torch.nn.Module):
+    """BatchNorm, then an out-of-memory error above ``limit`` samples: the error comes after the running
+    statistics have moved, as when a real forward runs out of memory in a later layer."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.fc = torch.nn.Linear(3 * 32 * 32, 10)
+        self.limit = limit
+
+    def forward(self, x):
+        x = self.bn(x)
+        if x.shape[0] > self.limit:
+            raise OOM_ERROR("CUDA out of memory (simulated)")
+        return self.fc(x.flatten(1))
+
+
+def test_eager_oom_at_a_new_batch_size_leaves_batchnorm_statistics_untouched():
+    torch.manual_seed(0)
+    model = _BNThenLimit(limit=8).double()
+    step = EagerStep(model, lr=LR, momentum=MOM, weight_decay=WD)
+    x, y = _data(16, dtype=torch.float64)
+    step(x[:8], y[:8])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(OOM_ERROR):
+        step(x, y)
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+    # and the statistics did move in the failed forward (so the test can fail): the same forward
+    # without the rollback changes them
+    probe = copy.deepcopy(model)
+    probe.train()
+    with contextlib.suppress(OOM_ERROR):
+        probe(x)
+    assert not torch.equal(probe.bn.running_mean, before["bn.running_mean"])
+    # a step at the size that fits still trains and moves them
+    step(x[8:], y[8:])
+    assert not torch.equal(model.bn.running_mean, before["bn.running_mean"])

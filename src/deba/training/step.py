@@ -141,10 +141,33 @@ class EagerStep:
                                          weight_decay=self.weight_decay)
         # DDP: only the last micro-batch's backward should all-reduce the accumulated gradient.
         self._no_sync = getattr(model, "no_sync", None)
+        # input shapes (with the micro-batch split) that have completed a step; see __call__
+        self._shapes_done: set[tuple] = set()
 
     # --- the step ------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self._prepare(x, y)
+        key = (tuple(x.shape), self.micro_batch)
+        if key in self._shapes_done:
+            self._eager_step(x, y)
+            return
+        # The first step at a new batch size is where an out-of-memory error happens in practice. Its
+        # forward passes may already have moved the BatchNorm running statistics when it fails, so the
+        # model's buffers are kept (small: no parameters) and put back if it does, as the graph step
+        # does for a failed capture. A failure at a size that already worked once is not covered.
+        buffers = list(self.model.buffers())
+        saved = [b.detach().clone() for b in buffers]
+        try:
+            self._eager_step(x, y)
+        except BaseException as err:
+            if _is_oom(err):
+                with torch.no_grad():
+                    for b, s in zip(buffers, saved):
+                        b.copy_(s)
+            raise
+        self._shapes_done.add(key)
+
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._forward_backward(x, y)
         self._observe(loss)

@@ -87,6 +87,18 @@ class NonFiniteStop(DebaError):
     exit_code = 3
 
 
+class RestartNeeded(DebaError):
+    """A multi-process run ran out of memory on one rank: it cannot go on in this process group (the other
+    ranks wait in a collective this rank will never join), so it stops; the limit it learnt is written to
+    the run folder and applied when the run is started again with ``--resume``. Exit code 75 is sysexits'
+    EX_TEMPFAIL ("try again"); ``torchrun --max-restarts N`` restarts on any failure."""
+
+    exit_code = 75
+
+
+OOM_LIMITS_GLOB = "oom-rank*.json"  # per rank: {"b_max_cap": N} and/or {"micro_batch": M}, see _persist_oom_limit
+
+
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -114,7 +126,16 @@ def init_distributed(device_pref: str) -> DistInfo:
     here = False
     if not dist.is_initialized():
         use_cuda = torch.cuda.is_available() and device_pref != "cpu"
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        # The store torchrun describes (env://), with the keys of this start under a prefix of their own:
+        # after a restart (torchrun --max-restarts, see RestartNeeded) the store can still hold the
+        # previous start's process-group keys, and the new ranks would read the dead ranks' addresses
+        # ("connectFullMesh failed ... Connection refused", or a hang). Seen with torch 2.14 and gloo.
+        from torch.distributed.rendezvous import rendezvous
+
+        store, rank, world = next(rendezvous("env://"))
+        start = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"deba/start{start}", store)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world)
         here = True
     return DistInfo(rank, world, local, here)
 
@@ -453,8 +474,11 @@ class Trainer:
         if failed <= self.policy.b_min:
             raise DebaError(f"out of memory at batch size {failed}, the smallest allowed (b_min); "
                             "use a smaller model, --accumulate, --micro-batch, or --amp bf16") from None
+        cap = min(good, failed - 1)
+        if self.dist.enabled:
+            self._persist_oom_limit(failed, b_max_cap=cap)
         self._free_memory()
-        self.policy.cap_batch_size(min(good, failed - 1))
+        self.policy.cap_batch_size(cap)
         self._event(f"out of memory at batch size {failed}; B_max capped at {self.policy.effective_b_max}, "
                     f"continuing the epoch at batch size {self.policy.batch_size}")
 
@@ -468,11 +492,74 @@ class Trainer:
         if ran <= 1:
             raise DebaError(f"out of memory at batch size {failed} even with micro-batches of 1 sample; "
                             "use a smaller model or --amp bf16") from None
-        self._free_memory()
         size = ran // 2
+        if self.dist.enabled:
+            self._persist_oom_limit(failed, micro_batch=size)
+        self._free_memory()
         self._set_micro_batch(size)
         self.state.micro_batch = size
         self._event(f"micro-batch set to {size} after out of memory at batch size {failed}")
+
+    def _persist_oom_limit(self, failed: int, **limit: int) -> None:
+        """Multi-process run: write this rank's limit to the run folder and stop (RestartNeeded).
+
+        A rank that ran out of memory cannot recover in place: the others are already inside this step's
+        gradient all-reduce (or the next one), which it would join out of step. Nothing else on this rank
+        is written; the checkpoint of the last finished epoch stays the state to resume from, and
+        :meth:`_apply_oom_limits` applies the smallest limit every rank wrote when the run starts again."""
+        r, w = self.dist.rank, self.dist.world_size
+        what = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in limit.items())
+        if self.out is None:
+            raise RestartNeeded(f"out of memory at batch size {failed} on rank {r} of {w}; a multi-process run "
+                                f"without an output folder cannot keep the limit ({what}): give --out") from None
+        path = self.out / OOM_LIMITS_GLOB.replace("*", str(r))
+        merged = dict(limit)
+        if path.exists():
+            old = read_json(path)
+            for k, v in old.items():
+                if k in ("b_max_cap", "micro_batch") and isinstance(v, int):
+                    merged[k] = min(v, merged.get(k, v))
+        make_dir(self.out)
+        write_json(path, {**merged, "failed_batch_size": failed, "rank": r, "world_size": w,
+                          "epoch": self._current_epoch})
+        raise RestartNeeded(f"out of memory at batch size {failed} on rank {r} of {w}: stopping, the other ranks "
+                            f"cannot go on with this one; {what} is kept in {path.name} and applied when the run "
+                            "is started again with --resume (torchrun --max-restarts N does it for you)") from None
+
+    def _apply_oom_limits(self) -> None:
+        """Apply the limits ranks of an earlier start of this run wrote when they ran out of memory.
+
+        Every rank reads the run folder (shared, as for the checkpoint) and the smallest value of each
+        limit is agreed with one all-reduce, so all ranks train at the same sizes even if one could not
+        read a file."""
+        caps: list[int] = []
+        micros: list[int] = []
+        if self.out is not None and self.out.is_dir():
+            for path in sorted(self.out.glob(OOM_LIMITS_GLOB)):
+                saved = read_json(path)
+                for key, into in (("b_max_cap", caps), ("micro_batch", micros)):
+                    v = saved.get(key)
+                    if v is None:
+                        continue
+                    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                        raise DebaError(f"{path}: {key} must be an integer >= 1, got {v!r}")
+                    into.append(v)
+        none = 2 ** 62
+        cap, micro = min(caps, default=none), min(micros, default=none)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            t = torch.tensor([cap, micro], dtype=torch.int64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            cap, micro = (int(v) for v in t.tolist())
+        if cap != none and (self.policy.b_max_cap is None or cap < self.policy.b_max_cap):
+            self.policy.cap_batch_size(max(cap, self.policy.b_min))
+            self._event(f"B_max capped at {self.policy.effective_b_max} (out of memory in an earlier start of "
+                        f"this run), training at batch size {self.policy.batch_size}")
+        if micro != none and (self.step.micro_batch is None or micro < self.step.micro_batch):
+            self._set_micro_batch(micro)
+            self.state.micro_batch = micro
+            self._event(f"micro-batch set to {micro} (out of memory in an earlier start of this run)")
 
     def _period_due(self) -> bool:
         c, s = self.config, self.state
@@ -625,6 +712,8 @@ class Trainer:
         resumed = self.resume() if resume else False
         if resume and not resumed and self.out and self.dist.is_main:
             self._event("no checkpoint found: starting from scratch")
+        if resume:
+            self._apply_oom_limits()
         if self.out and self.dist.is_main:
             write_json(self.out / "config.json", c.to_dict())
         progress = None
