@@ -185,6 +185,8 @@ def test_epochs_axis_and_arm_dataset_filter():
         ),  # tiny_cnn is not in Table 1
         ({"colour": "red"}, "unknown key(s) colour"),
         ({"arch_overrides": {"tiny_cnn": {"lr": "fast"}}}, "lr must be a number"),
+        ({"archs": ["tiny_cnn", "resnet19"]}, "archs: unknown model 'resnet19'"),
+        ({"datasets": ["cifar10", "imagenet"]}, "datasets: unknown dataset 'imagenet'"),
     ],
 )
 def test_bad_spec_is_one_line_error(change, words):

@@ -178,3 +178,22 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
 
     with pytest.raises(DebaError, match="lr must be a number"):
         TrainConfig.from_file(cfg_file)
+
+
+@pytest.mark.parametrize("policy, extra, unused", [
+    ("fixed", {}, []),
+    ("deba", {"theta_stab": 5.0, "cooldown": 0}, []),
+    ("fixed", {"theta_stab": 5.0, "cooldown": 0, "preset": "paper", "b_max": 128}, ["preset", "theta_stab", "cooldown", "b_max"]),
+    ("fixed", {"cooldown": 10}, ["cooldown"]),  # a value equal to a preset's still counts: it was set
+    ("step-grow", {"milestones": [2], "b_max": 128, "thresholds": "t.json"}, ["thresholds"]),
+    ("deba", {"milestones": [2]}, ["milestones"]),
+])
+def test_options_the_policy_does_not_read_are_named(policy, extra, unused):
+    assert TrainConfig(**TINY, policy=policy, **extra).unused_options() == unused
+
+
+def test_ignored_options_are_an_event_of_the_run(tmp_path):
+    train(TrainConfig(**TINY, epochs=1, policy="fixed", theta_conf=0.5, out=str(tmp_path / "r")))
+    _, epochs, _ = _read(tmp_path / "r")
+    assert "policy fixed does not use theta_conf: ignored" in epochs[0]["events"]
+    assert epochs[0]["batch_size"] == 32

@@ -389,6 +389,17 @@ def expand(spec: StudySpec) -> list[RunPlan]:
     """Every run of the grid, validated through TrainConfig, sorted by run id (the order shards use)."""
     plans: list[RunPlan] = []
     several_epochs = len(spec.epochs) > 1
+    # names checked here, before any run starts (a user's 'pkg.mod:fn' model is imported by its run)
+    from .data.dataset import canonical_dataset_name
+    from .models import canonical_model_name
+
+    for what, names, check in (("datasets", spec.datasets, canonical_dataset_name),
+                               ("archs", spec.archs, canonical_model_name)):
+        for name in names:
+            try:
+                check(name)
+            except DebaError as e:
+                raise DebaError(f"{spec.source}: {what}: {e}") from None
 
     def arm_dir(arm: str, epochs: int) -> str:
         return f"{arm}-{epochs}ep" if several_epochs else arm

@@ -136,7 +136,7 @@ def load_dataset(
     (default 2000 / 500).
     ``subset``: a random ``subset`` of the training images drawn with ``subset_seed`` (see take_subset).
     """
-    key = str(name).lower().replace("-", "").replace("_", "")
+    key = canonical_dataset_name(name)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if key == "synthetic":
         from .synthetic import make_synthetic
@@ -149,6 +149,12 @@ def load_dataset(
         from .cifar import load_cifar
 
         ds = load_cifar(key, data=data, download=download, cache_dir=cache)
-    else:
-        raise DebaError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
     return take_subset(ds, subset, subset_seed)
+
+
+def canonical_dataset_name(name: str) -> str:
+    """``cifar10``, ``cifar100`` or ``synthetic`` (case, dashes and underscores ignored); else one error line."""
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in DATASET_NAMES:
+        raise DebaError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)}")
+    return key

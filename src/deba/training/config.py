@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_args
 
@@ -131,6 +131,25 @@ class TrainConfig:
             raise DebaError(f"lr must be > 0, got {self.lr}")
         if self.policy == "step-grow" and not self.milestones:
             raise DebaError("policy step-grow needs milestones (epochs after which the batch grows)")
+
+    def unused_options(self) -> list[str]:
+        """The options set away from their defaults that the chosen policy does not read.
+
+        They are accepted, not refused: a study's ``common:`` block sets one value for all its arms,
+        fixed ones included. The trainer names them in an event, so a run log shows what had no effect."""
+        deba_only = ["preset", "theta_stab", "theta_conf", "thresholds", "cooldown", "rollback_factor",
+                     "full_history", "universal_thresholds"]
+        growing = ["b_min", "b_max", "grow_factor"]
+        unused = {"fixed": deba_only + growing + ["milestones"], "step-grow": deba_only,
+                  "deba": ["milestones"]}.get(self.policy, [])
+        defaults = TrainConfig.__dataclass_fields__
+        out = []
+        for name in unused:
+            f = defaults[name]
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if getattr(self, name) != default:
+                out.append(name)
+        return out
 
     def _check_types(self) -> None:
         """Each value has its field's type (a config file can hold anything): one line naming the key."""

@@ -714,6 +714,9 @@ class Trainer:
             self._event("no checkpoint found: starting from scratch")
         if resume:
             self._apply_oom_limits()
+        unused = c.unused_options()
+        if unused:
+            self._event(f"policy {c.policy} does not use {', '.join(unused)}: ignored")
         if self.out and self.dist.is_main:
             write_json(self.out / "config.json", c.to_dict())
         progress = None
