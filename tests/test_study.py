@@ -740,6 +740,18 @@ def test_dependent_runs_start_after_their_dependencies(tmp_path, fake):
     assert all(st == "complete" for _, st, _ in study.plan_table(spec, fresh))
 
 
+def test_runs_other_runs_need_start_first(tmp_path, fake):
+    """One at a time: within a depth, the runs a dependent arm reads go first (fixed before an-arm, though
+    an-arm sorts first by id), then the rest, then the dependent arm."""
+    spec = study.parse_spec({**DEP_SPEC, "seeds": [1, 2], "arms": {
+        "an-arm": {"policy": "fixed"}, "fixed": {"policy": "fixed"},
+        "cal": {"policy": "deba", "preset": "paper-bounded", "thresholds": {"calibrate_from": "fixed"}}}})
+    res = run(spec, tmp_path / "out", fake, parallel=1)
+    assert res.exit_code == 0
+    assert [c["run"].split("/", 2)[2] for c in fake.calls()] == [
+        "fixed/seed1", "fixed/seed2", "an-arm/seed1", "an-arm/seed2", "cal/seed1", "cal/seed2"]
+
+
 def test_dependency_in_another_shard_waits(tmp_path, fake, capsys):
     spec = study.parse_spec({**DEP_SPEC, "arms": {k: DEP_SPEC["arms"][k] for k in ("bounded", "large")}})
     out = tmp_path / "out"
