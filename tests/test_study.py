@@ -476,22 +476,21 @@ def test_missing_data_path_is_an_error(tmp_path, fake):
         run(spec, tmp_path / "out", fake)
 
 
-@pytest.mark.parametrize("name", ["paper.yaml", "quick.yaml", "cpu-smoke.yaml"])
-def test_shipped_specs_expand(name):
+ALL_ARMS = {"fixed", "fixed-cosine", "fixed-large", "paper", "paper-bounded", "calibrated", "step-grow",
+            "deba-sqrt-cosine"}
+
+
+@pytest.mark.parametrize("name, arms, n_runs", [
+    ("paper.yaml", ALL_ARMS, None), ("quick.yaml", ALL_ARMS, None), ("cpu-smoke.yaml", ALL_ARMS, 16),
+    ("cpu-30ep.yaml", {"fixed", "fixed-cosine", "calibrated", "deba-sqrt-cosine"}, 12),
+])
+def test_shipped_specs_expand(name, arms, n_runs):
     path = Path(__file__).resolve().parents[1] / "studies" / name
     spec = study.load_spec(path)
     plans = study.expand(spec)
     assert plans and len({p.run_id for p in plans}) == len(plans)
-    assert {p.arm for p in plans} >= {
-        "fixed",
-        "fixed-cosine",
-        "fixed-large",
-        "paper",
-        "paper-bounded",
-        "calibrated",
-        "step-grow",
-        "deba-sqrt-cosine",
-    }
+    assert {p.arm for p in plans} >= arms
+    assert n_runs is None or len(plans) == n_runs
 
 
 @pytest.mark.slow

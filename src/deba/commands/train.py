@@ -76,7 +76,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model with a batch-size policy",
                        description="Train one model: the paper's protocol by default (SGD lr 0.01, momentum 0.9, "
                                    "wd 5e-4, 100 epochs, start batch 64). Writes config.json, epochs.jsonl, "
-                                   "summary.json and checkpoint.pt into --out.")
+                                   "summary.json and checkpoint.pt into --out. Exit code: 0 done, 2 bad input, "
+                                   "3 stopped after --max-nonfinite non-finite epochs, 75 out of memory on one rank "
+                                   "of a multi-process run (start it again with --resume; torchrun "
+                                   "--max-restarts N does that).")
     add_train_options(p)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     return p
