@@ -504,6 +504,12 @@ def test_every_arm_vs_fixed_cosine_against_numpy(study_dir):
         if len(seeds) > 1:
             assert row.delta_acc_std == pytest.approx(d.std(ddof=1))
             assert row.time_ratio_std == pytest.approx(ratio.std(ddof=1))
+        # optimizer steps: the fixture's epochs take 50,000 // B steps each
+        steps = {a_s: sum(50_000 // b for b in RUNS[a_s][2]) for a_s in RUNS}
+        sr = np.array([steps[arm, s] / steps["fixed-cosine", s] for s in seeds])
+        assert row.steps_ratio == pytest.approx(sr.mean())
+        if len(seeds) > 1:
+            assert row.steps_ratio_std == pytest.approx(sr.std(ddof=1))
         aps = np.mean([RUNS[arm, s][0] / RUNS[arm, s][1] for s in _seeds(arm)])
         ref_aps = np.mean([v[0] / v[1] for v in ref.values()])
         assert row.acc_per_s == pytest.approx(aps) and row.acc_per_s_ratio == pytest.approx(aps / ref_aps)
@@ -518,6 +524,10 @@ def test_every_arm_vs_fixed_cosine_against_numpy(study_dir):
     pb = _row(t, "paper-bounded")
     assert pb.delta_acc == pytest.approx(0.5)
     assert pb.time_ratio == pytest.approx((60 / 104 + 55 / 100 + 72 / 96) / 3)
+    # seed 2 by hand: 5 epochs of 781 steps (B=64), 5 of 520 (96), 10 of 347 (144) vs 20 x 781
+    assert pb.steps_ratio == pytest.approx(np.mean([(5 * 781 + 5 * 520 + 10 * 347) / (20 * 781),
+                                                    (4 * 781 + 6 * 520 + 10 * 347) / (20 * 781),
+                                                    (8 * 781 + 12 * 520) / (20 * 781)]))
     cos = _row(t, "fixed-cosine")
     assert (cos.delta_acc, cos.time_ratio) == (0.0, 1.0)
     # the incomplete paper-bounded seed 123 has no partner and no accuracy: left out

@@ -555,6 +555,23 @@ def time_to_accuracy(run: RunLog, target: float) -> float | None:
     return None
 
 
+def total_steps(run: RunLog) -> int | None:
+    """Optimizer steps the run took (per process), summed over its epochs; None if an epoch lacks the count."""
+    steps = [rec.get("steps") for rec in run.records]
+    if not steps or any(isinstance(n, bool) or not isinstance(n, int) for n in steps):
+        return None
+    return sum(steps)
+
+
+def _steps_per_seed(runs: Sequence[RunLog]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for r in runs:
+        n = total_steps(r)
+        if n is not None and r.seed not in out:
+            out[r.seed] = n
+    return out
+
+
 def table_vs_reference(runset: RunSet, reference: str | None = None) -> pd.DataFrame:
     """Every arm against the reference arm (default fixed-cosine) of its (dataset, arch, epochs), paired per
     seed over complete runs. Empty where no group has a reference arm."""
@@ -575,6 +592,8 @@ def table_vs_reference(runset: RunSet, reference: str | None = None) -> pd.DataF
         seeds = sorted(set(acc) & set(ref_acc) & set(t) & set(ref_t))
         d_acc = mean_std(acc[k] - ref_acc[k] for k in seeds)
         ratio = mean_std(t[k] / ref_t[k] for k in seeds if ref_t[k] > 0)
+        st, ref_st = _steps_per_seed(done), _steps_per_seed(ref)
+        steps_ratio = mean_std(st[k] / ref_st[k] for k in seeds if k in st and ref_st.get(k))
         aps = mean_std(acc[k] / t[k] for k in acc if k in t and t[k] > 0)[0]
         ref_aps = mean_std(ref_acc[k] / ref_t[k] for k in ref_acc if k in ref_t and ref_t[k] > 0)[0]
         target = mean_std(ref_acc.values())[0]
@@ -596,6 +615,8 @@ def table_vs_reference(runset: RunSet, reference: str | None = None) -> pd.DataF
                 "delta_acc_std": d_acc[1],
                 "time_ratio": ratio[0],
                 "time_ratio_std": ratio[1],
+                "steps_ratio": steps_ratio[0],
+                "steps_ratio_std": steps_ratio[1],
                 "acc_per_s": aps,
                 "reference_acc_per_s": ref_aps,
                 "acc_per_s_ratio": aps / ref_aps if ref_aps and not math.isnan(ref_aps) else math.nan,
@@ -920,6 +941,7 @@ def runs_table(runset: RunSet, modelled: Mapping[str, float] | None = None) -> p
                 "best_epoch": s.get("best_epoch"),
                 "train_time_s": _num(s.get("train_time_s")),
                 "eval_time_s": _num(s.get("eval_time_s")),
+                "steps": total_steps(r),
                 "increases": s.get("increases"),
                 "rollbacks": s.get("rollbacks"),
                 "holds": s.get("holds"),
@@ -1526,7 +1548,9 @@ def _render_vs_reference(t: pd.DataFrame | None) -> list[str]:
     refs = sorted(set(t["reference_arm"]))
     L += [
         f"Reference arm: {', '.join(refs)}. Paired per seed over complete runs: Δacc = acc - acc_ref and "
-        "time ratio = t / t_ref (below 1: faster), mean ± std over the paired seeds. acc %/s = final accuracy "
+        "time ratio = t / t_ref (below 1: faster), mean ± std over the paired seeds; steps ratio the same for the "
+        "optimizer steps taken, which is what the time ratio becomes where a step takes the same time at every "
+        "batch size (a launch-bound GPU, spec section 3), and does not depend on the machine. acc %/s = final accuracy "
         "/ training seconds, per run, averaged; it rewards any short run, so read it beside Δacc. Time to ref "
         "acc: training seconds until the first evaluated epoch at or above the reference's mean final "
         "accuracy (mean over the runs that got there; `reached` counts them).",
@@ -1541,6 +1565,7 @@ def _render_vs_reference(t: pd.DataFrame | None) -> list[str]:
                 "ref acc %",
                 "Δacc vs ref",
                 "time ratio",
+                "steps ratio",
                 "acc %/s",
                 "ref acc %/s",
                 "acc/s ratio",
@@ -1561,6 +1586,7 @@ def _render_vs_reference(t: pd.DataFrame | None) -> list[str]:
                     else _signed(r["delta_acc"])
                     + (f" ± {_f(r['delta_acc_std'])}" if _num(r["delta_acc_std"]) is not None else ""),
                     "" if r["arm"] == r["reference_arm"] else _pm(r["time_ratio"], r["time_ratio_std"], 3),
+                    "" if r["arm"] == r["reference_arm"] else _pm(r["steps_ratio"], r["steps_ratio_std"], 3),
                     _f(r["acc_per_s"], 4),
                     _f(r["reference_acc_per_s"], 4),
                     _x(r["acc_per_s_ratio"]),
@@ -1594,6 +1620,7 @@ __all__ = [
     "table_vs_reference",
     "reference_arms",
     "time_to_accuracy",
+    "total_steps",
     "DEFAULT_REFERENCE",
     "table3",
     "table3_summary",
