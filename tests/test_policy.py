@@ -731,3 +731,37 @@ def test_import_deba_needs_no_torch_and_exports_the_rest_lazily():
     code = ("import sys, deba; assert 'torch' not in sys.modules; "
             "from deba import GradientSignals, DebaController, TrainConfig, train; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def _run_var_scaling(scaling):
+    """Ratio conf, theta_conf 1.05, always stable, no cooldown. Epoch 2's grad_var (1.2, median 1.1) rolls
+    back 64 -> 51; at 51 the same per-sample noise gives grad_var 1.2 x 64 / 51."""
+    p = DebaPolicy(DebaConfig(theta_stab=0.5, theta_conf=1.05, cooldown=0, window=5, conf_mode="ratio",
+                              var_scaling=scaling))
+    recs = [p.step({"epoch": 1, "grad_var": 1.0, "grad_norm": 1.0, "loss": 2.0}),
+            p.step({"epoch": 2, "grad_var": 1.2, "grad_norm": 1.0, "loss": 1.99}),
+            p.step({"epoch": 3, "grad_var": 1.2 * 64 / 51, "grad_norm": 1.0, "loss": 1.98})]
+    return p, recs
+
+
+def test_var_scaling_none_lets_a_rollback_feed_the_next_one():
+    p, recs = _run_var_scaling("none")
+    assert [r.decision for r in recs] == ["hold", "rollback", "rollback"]
+    # by hand: window [1, 1.2, 1.50588], median 1.2, conf 1.50588 / 1.2
+    assert recs[2].conf == pytest.approx((1.2 * 64 / 51) / 1.2)
+    assert p.batch_size == 40
+
+
+def test_var_scaling_batch_compares_noise_per_sample():
+    p, recs = _run_var_scaling("batch")
+    assert [r.decision for r in recs] == ["hold", "rollback", "increase"]
+    # scaled at 51: 1.50588 x 51 / 64 = 1.2; window [1, 1.2, 1.2], median 1.2, conf 1.0 <= 1.05
+    assert recs[2].conf == pytest.approx(1.0)
+    assert recs[2].grad_var == pytest.approx(1.2 * 64 / 51)  # the record keeps the measured value
+    assert p.batch_size == 76
+    # the setting is part of the saved state and wins on load
+    q = DebaPolicy(DebaConfig(theta_stab=0.5, theta_conf=1.05))
+    q.load_state_dict(p.state_dict())
+    assert q.config.var_scaling == "batch"
+    with pytest.raises(ValueError, match="var_scaling must be one of"):
+        DebaConfig(theta_stab=0.5, theta_conf=1.05, var_scaling="sqrt")

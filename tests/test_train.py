@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from deba.cli import main
+from deba.errors import DebaError
 from deba.logio import SCHEMA_VERSION
 from deba.training.config import TrainConfig
 from deba.training.trainer import train
@@ -187,6 +188,7 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     ("fixed", {"cooldown": 10}, ["cooldown"]),  # a value equal to a preset's still counts: it was set
     ("step-grow", {"milestones": [2], "b_max": 128, "thresholds": "t.json"}, ["thresholds"]),
     ("deba", {"milestones": [2]}, ["milestones"]),
+    ("fixed", {"var_scaling": "batch"}, ["var_scaling"]),
 ])
 def test_options_the_policy_does_not_read_are_named(policy, extra, unused):
     assert TrainConfig(**TINY, policy=policy, **extra).unused_options() == unused
@@ -197,3 +199,14 @@ def test_ignored_options_are_an_event_of_the_run(tmp_path):
     _, epochs, _ = _read(tmp_path / "r")
     assert "policy fixed does not use theta_conf: ignored" in epochs[0]["events"]
     assert epochs[0]["batch_size"] == 32
+
+
+def test_var_scaling_reaches_the_policy():
+    from deba.training.build import build_policy
+
+    cfg = TrainConfig(**TINY, policy="deba", theta_stab=0.5, theta_conf=0.6, var_scaling="batch")
+    assert build_policy(cfg, None, 1000).config.var_scaling == "batch"
+    assert build_policy(TrainConfig(**TINY, policy="deba", theta_stab=0.5, theta_conf=0.6), None,
+                        1000).config.var_scaling == "none"
+    with pytest.raises(DebaError, match="var_scaling must be one of"):
+        TrainConfig(**TINY, var_scaling="sqrt")

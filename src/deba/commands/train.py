@@ -11,6 +11,8 @@ from ..errors import DebaError
 from ..training.config import TrainConfig, load_config_file
 
 HELP = {
+    "var_scaling": "DEBA: none (the paper) or batch: the confidence sees grad_var x B / start batch, so a change "
+                   "of batch size does not by itself push the next decision the same way (ours)",
     "arch": "torchvision architecture (resnet18, resnet50, densenet121, efficientnet_b0, mobilenet_v3_large, "
             "mobilenet_v3_small, vit_b_16) or tiny_cnn",
     "model": "a user's own model constructor, package.module:function (called with num_classes=...)",

@@ -12,7 +12,11 @@ from .base import (
     DecisionRecord,
     EpochSignals,
     SignalTracker,
+    is_finite_number,
 )
+
+
+VAR_SCALINGS = ("none", "batch")
 
 
 def _fmt(x: float) -> str:
@@ -34,6 +38,11 @@ class DebaConfig:
     b_max: int = 2048
     start_batch: int = 64
     conf_mode: str = "ratio"
+    # "batch": the window and conf see grad_var x B / start_batch, not grad_var (ours, not the paper's).
+    # The variance of a mini-batch gradient falls roughly as 1/B, so without this a change of batch size
+    # moves the next conf in the direction that repeats the change (a rollback raises grad_var, hence conf,
+    # hence the next rollback); scaled by B it compares gradient noise per sample instead.
+    var_scaling: str = "none"
 
     def __post_init__(self) -> None:
         def number(name):
@@ -71,6 +80,8 @@ class DebaConfig:
             raise ValueError(f"full_history must be true or false, got {self.full_history!r}")
         if self.conf_mode not in CONF_MODES:
             raise ValueError(f"conf_mode must be one of {', '.join(CONF_MODES)}, got {self.conf_mode!r}")
+        if self.var_scaling not in VAR_SCALINGS:
+            raise ValueError(f"var_scaling must be one of {', '.join(VAR_SCALINGS)}, got {self.var_scaling!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DebaConfig":
@@ -119,7 +130,10 @@ class DebaPolicy(BatchSizePolicy):
         self._check_epoch(epoch)
         c = self.config
         batch = self._batch_size
-        tracked = self.tracker.update(signals.grad_var, signals.grad_norm, signals.loss)
+        grad_var = signals.grad_var
+        if c.var_scaling == "batch" and is_finite_number(grad_var):
+            grad_var = float(grad_var) * batch / c.start_batch
+        tracked = self.tracker.update(grad_var, signals.grad_norm, signals.loss)
         cooling = self.in_cooldown(epoch)
 
         if tracked.non_finite:

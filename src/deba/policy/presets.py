@@ -72,7 +72,7 @@ def policy_options_from_mapping(m: Mapping[str, Any]) -> dict[str, Any]:
     """Pick the DEBA options out of a flat mapping of CLI/config names (underscored)."""
     keys = (
         "theta_stab", "theta_conf", "cooldown", "window", "full_history", "universal_thresholds",
-        "start_batch", "b_min", "b_max", "grow_factor", "rollback_factor", "conf_mode",
+        "start_batch", "b_min", "b_max", "grow_factor", "rollback_factor", "conf_mode", "var_scaling",
     )
     out = {k: m[k] for k in keys if k in m and m[k] is not None}
     if out.get("full_history") is False:

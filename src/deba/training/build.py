@@ -48,6 +48,8 @@ def build_policy(config: TrainConfig, arch: str | None, train_size: int) -> Batc
         )
         if config.full_history:
             overrides["full_history"] = True
+        if config.var_scaling != "none":
+            overrides["var_scaling"] = config.var_scaling
         if config.thresholds:
             from ..calibration import read_thresholds_file
 

@@ -53,6 +53,7 @@ class TrainConfig:
     window: int | None = None
     full_history: bool = False
     universal_thresholds: bool = False
+    var_scaling: str = "none"  # DEBA: "batch" scales grad_var by B before the confidence (ours)
     start_batch: int = 64
     b_min: int | None = None
     b_max: int | None = None
@@ -103,6 +104,7 @@ class TrainConfig:
         choice("signals_mode", SIGNAL_MODES)
         choice("nonfinite_action", NONFINITE_ACTIONS)
         choice("decision_interval_unit", INTERVAL_UNITS)
+        choice("var_scaling", ("none", "batch"))
         if not isinstance(self.accumulate, bool):
             raise DebaError(f"accumulate must be true or false, got {self.accumulate!r}")
         for name in ("epochs", "start_batch", "eval_every", "signals_every", "max_nonfinite", "concurrent_runs"):
@@ -138,7 +140,7 @@ class TrainConfig:
         They are accepted, not refused: a study's ``common:`` block sets one value for all its arms,
         fixed ones included. The trainer names them in an event, so a run log shows what had no effect."""
         deba_only = ["preset", "theta_stab", "theta_conf", "thresholds", "cooldown", "rollback_factor",
-                     "full_history", "universal_thresholds"]
+                     "full_history", "universal_thresholds", "var_scaling"]
         growing = ["b_min", "b_max", "grow_factor"]
         unused = {"fixed": deba_only + growing + ["milestones"], "step-grow": deba_only,
                   "deba": ["milestones"]}.get(self.policy, [])

@@ -353,7 +353,9 @@ class Trainer:
         payload = load_checkpoint(path, map_location=self.device)
         saved = payload["config"]
         mine = self.config.to_dict()
-        differ = sorted(k for k in mine if k not in RESUME_MUTABLE_KEYS and saved.get(k) != mine[k])
+        # a key the checkpoint's deba did not know yet had its default then
+        defaults = TrainConfig().to_dict()
+        differ = sorted(k for k in mine if k not in RESUME_MUTABLE_KEYS and saved.get(k, defaults[k]) != mine[k])
         if differ:
             raise DebaError(f"{path}: checkpoint was written with a different config ({', '.join(differ)}); "
                             "resume with the same settings or use another --out")
