@@ -482,7 +482,7 @@ ALL_ARMS = {"fixed", "fixed-cosine", "fixed-large", "paper", "paper-bounded", "c
 
 @pytest.mark.parametrize("name, arms, n_runs", [
     ("paper.yaml", ALL_ARMS, None), ("quick.yaml", ALL_ARMS, None), ("cpu-smoke.yaml", ALL_ARMS, 16),
-    ("cpu-30ep.yaml", {"fixed", "fixed-cosine", "calibrated", "deba-sqrt-cosine", "sqrt-cosine-varscaled"}, 15),
+    ("cpu-30ep.yaml", {"fixed", "fixed-cosine", "calibrated", "deba-sqrt-cosine", "sqrt-cosine-varscaled", "bounded-conf06", "sqrt-cosine-conf06"}, 21),
 ])
 def test_shipped_specs_expand(name, arms, n_runs):
     path = Path(__file__).resolve().parents[1] / "studies" / name
