@@ -494,25 +494,32 @@ class BenchTable:
 
 
 # --- tables -----------------------------------------------------------------------------------------
-def baseline_arms(runs: Sequence[RunLog], baseline: str | None = None) -> dict[tuple[str, str, int], str]:
-    """The fixed-batch arm each (dataset, arch, epochs) group compares against."""
+def _arm_per_group(runs: Sequence[RunLog], named: str | None, default: str) -> dict[tuple[str, str, int], str]:
+    """One arm per (dataset, arch, epochs) group: ``named`` where given (groups without it get none), else
+    the arm called ``default``, else the first arm (by name) whose config is the ``default`` variant."""
     groups: dict[tuple[str, str, int], set[str]] = {}
-    plain_fixed: dict[tuple[str, str, int], set[str]] = {}
+    by_variant: dict[tuple[str, str, int], set[str]] = {}
     for r in runs:
         key = (r.dataset, r.arch, r.epochs)
         groups.setdefault(key, set()).add(r.arm)
-        if r.variant == "fixed":
-            plain_fixed.setdefault(key, set()).add(r.arm)
+        if r.variant == default:
+            by_variant.setdefault(key, set()).add(r.arm)
     out = {}
     for key, arms in groups.items():
-        if baseline is not None:
-            if baseline in arms:
-                out[key] = baseline
-        elif "fixed" in arms:
-            out[key] = "fixed"
-        elif plain_fixed.get(key):
-            out[key] = sorted(plain_fixed[key])[0]
+        if named is not None:
+            if named in arms:
+                out[key] = named
+        elif default in arms:
+            out[key] = default
+        elif by_variant.get(key):
+            out[key] = min(by_variant[key])
     return out
+
+
+def baseline_arms(runs: Sequence[RunLog], baseline: str | None = None) -> dict[tuple[str, str, int], str]:
+    """The fixed-batch arm each (dataset, arch, epochs) group compares against: ``baseline`` where given, else
+    the arm named fixed, else an arm whose config is plain fixed B=64."""
+    return _arm_per_group(runs, baseline, "fixed")
 
 
 DEFAULT_REFERENCE = "fixed-cosine"
@@ -521,23 +528,7 @@ DEFAULT_REFERENCE = "fixed-cosine"
 def reference_arms(runs: Sequence[RunLog], reference: str | None = None) -> dict[tuple[str, str, int], str]:
     """The arm each (dataset, arch, epochs) group is compared with besides fixed: ``reference`` where given,
     else the arm named fixed-cosine, else an arm whose config is plain fixed B=64 with a cosine lr decay."""
-    groups: dict[tuple[str, str, int], set[str]] = {}
-    by_variant: dict[tuple[str, str, int], set[str]] = {}
-    for r in runs:
-        key = (r.dataset, r.arch, r.epochs)
-        groups.setdefault(key, set()).add(r.arm)
-        if r.variant == DEFAULT_REFERENCE:
-            by_variant.setdefault(key, set()).add(r.arm)
-    out = {}
-    for key, arms in groups.items():
-        if reference is not None:
-            if reference in arms:
-                out[key] = reference
-        elif DEFAULT_REFERENCE in arms:
-            out[key] = DEFAULT_REFERENCE
-        elif by_variant.get(key):
-            out[key] = min(by_variant[key])
-    return out
+    return _arm_per_group(runs, reference, DEFAULT_REFERENCE)
 
 
 def time_to_accuracy(run: RunLog, target: float) -> float | None:
