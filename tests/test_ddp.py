@@ -87,3 +87,48 @@ def test_out_of_memory_on_one_rank_stops_and_the_restart_applies_the_cap(tmp_pat
     assert all(max(b for b, _ in e["batch_steps"]) <= 48 for e in recs)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete"
+
+
+FIT_THEN_REPORT = """
+import sys
+import torch.distributed as dist
+from deba.training.config import TrainConfig
+from deba.training.trainer import Trainer
+
+cfg = TrainConfig(arch="tiny_mlp", dataset="synthetic", device="cpu", quiet=True, start_batch=32, epochs=1, policy="fixed",
+                  out=sys.argv[1])
+trainer = Trainer(cfg)
+started = dist.is_initialized()
+trainer.fit()
+print(f"rank {trainer.dist.rank}: started {started} alive-after-fit {dist.is_initialized()}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_fit_ends_the_process_group_it_started(tmp_path):
+    # A process left with a live gloo group can abort in interpreter teardown (SIGABRT, "terminate called
+    # without an active exception"); fit must end the group the trainer started.
+    script = tmp_path / "fit.py"
+    script.write_text(FIT_THEN_REPORT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        str(_free_port()), str(script), str(tmp_path / "run")],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = sorted(line for line in r.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0: started True alive-after-fit False", "rank 1: started True alive-after-fit False"]
+
+
+def test_the_cli_leaves_a_distributed_run_with_os_exit_and_its_own_code(monkeypatch, capsys):
+    # DDP keeps the gloo group alive past destroy_process_group; its teardown in interpreter finalization can
+    # abort a run that completed. Where deba started a process group, `deba` exits with os._exit instead.
+    import deba.cli as cli
+    import deba.training.trainer as trainer
+
+    exits = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    assert cli.main(["report", "/nonexistent-run-folder"]) == 2
+    assert exits == []  # no process group: an ordinary return
+    monkeypatch.setattr(trainer, "_STARTED_GROUP", True)
+    assert cli.main(["report", "/nonexistent-run-folder"]) == 2
+    assert exits == [2]
+    assert "error" in capsys.readouterr().err

@@ -36,6 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    _leave_distributed_run(code)
+    return code
+
+
+def _leave_distributed_run(code: int) -> None:
+    """Under torchrun, end the process here instead of in interpreter teardown.
+
+    DistributedDataParallel keeps the gloo process group and its threads alive past
+    destroy_process_group, and tearing them down during interpreter finalization can abort the
+    process (SIGABRT, "terminate called without an active exception") after a run that completed:
+    torchrun then reports a failure. Every file is written and closed by now; flush the streams and
+    exit with the command's own code. Only where deba started a process group (never in-process).
+    """
+    if "deba.training.trainer" not in sys.modules:
+        return
+    from .training.trainer import process_group_started
+
+    if not process_group_started():
+        return
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):

@@ -52,6 +52,7 @@ Safety rules, each tested (docs/reliability.md):
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import math
 import os
@@ -137,7 +138,33 @@ def init_distributed(device_pref: str) -> DistInfo:
         store = dist.PrefixStore(f"deba/start{start}", store)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world)
         here = True
+        # A process that exits with its process group alive can abort in interpreter teardown ("terminate
+        # called without an active exception", SIGABRT; pytorch/pytorch#190489, #179291): seen twice here in
+        # full runs of the test suite (tests/test_ddp.py), never in 100-odd runs of the same commands alone.
+        # Trainer.fit ends the group and this atexit hook covers a run that fails before fit, but neither
+        # is enough under DDP: DistributedDataParallel keeps the gloo group and its threads alive after
+        # destroy_process_group (torch 2.14; see tests/test_ddp.py). So `deba` itself, having written all
+        # it writes, leaves a distributed run with os._exit (deba.cli.main, see process_group_started).
+        global _STARTED_GROUP
+        _STARTED_GROUP = True
+        atexit.register(release_distributed)
     return DistInfo(rank, world, local, here)
+
+
+_STARTED_GROUP = False
+
+
+def process_group_started() -> bool:
+    """Whether this process joined a torchrun process group through deba (init_distributed)."""
+    return _STARTED_GROUP
+
+
+def release_distributed() -> None:
+    """End the default process group if one is alive (safe to call twice, and where none was started)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -708,6 +735,21 @@ class Trainer:
         yield from self.test_loader.batches(start_sample=0, drop_last=False)
 
     def fit(self, resume: bool = False) -> dict:
+        """Train to ``config.epochs`` (from the checkpoint with ``resume``) and return the run's summary.
+
+        Under torchrun, a process group this trainer started is ended when fit returns or raises.
+        """
+        try:
+            return self._fit(resume)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the process group this trainer started (under torchrun); nothing otherwise. Idempotent."""
+        if self.dist.initialized_here:
+            release_distributed()
+
+    def _fit(self, resume: bool) -> dict:
         c = self.config
         if self.out and self.dist.is_main:
             make_dir(self.out)
