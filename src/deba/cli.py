@@ -60,8 +60,11 @@ def _leave_distributed_run(code: int) -> None:
     import os
 
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can reach it
+            pass
     os._exit(code)
 
 
