@@ -573,3 +573,54 @@ def test_modelled_time_uses_every_batch_size_an_epoch_trained_at(tmp_path):
                         records=[{"epoch": 1, "batch_size": 128, "steps": 30, "batch_steps": [[128, 10], [64, 40]]}])
     total, note = table.modelled_time(run, None)
     assert note == "" and total == pytest.approx(10 * (6.0 / 50) + 40 * (8.0 / 100))
+
+
+def _goal_row(t: pd.DataFrame, arm: str) -> pd.Series:
+    (i,) = t.index[t.arm == arm]
+    return t.loc[i]
+
+
+def test_goal_check_seed_by_seed_against_fixed(study_dir, tmp_path):
+    # the fixture's runs shared the device (x2): time is not comparable, steps and accuracy are
+    t = report.table_goal(report.load_runs([study_dir]))
+    assert sorted(t.arm) == sorted(a for a in ARMS if a != "fixed") and set(t.baseline_arm) == {"fixed"}
+    pb = _goal_row(t, "paper-bounded")
+    # by hand: 82.0 >= 80.0, 82.5 >= 81.0, 81.0 >= 79.5; steps 9975/15620, 9714/15620, 12488/15620 (all > 0.6)
+    assert (pb.n_pairs, pb.seeds_acc_at_least_baseline, pb.pairs_time_comparable) == (3, 3, 0)
+    assert pb.goal_time is None and pb.seeds_goal_steps == 0 and not pb.goal_steps
+    assert pb.per_seed.startswith("2: +2.00, time -, steps 0.64x; 7: +1.50")
+    uni = _goal_row(t, "bounded-universal")  # 78 < 80 and 79 < 81
+    assert (uni.n_pairs, uni.seeds_acc_at_least_baseline, uni.seeds_goal_steps) == (2, 0, 0)
+
+    # the same runs, solo: paper-bounded took 60/100 (passes: at most 0.6x), 55/110 (passes), 72/90 (fails)
+    solo = tmp_path / "solo"
+    for (arm, seed), (acc, secs, sizes) in RUNS.items():
+        if arm in ("fixed", "paper-bounded", "bounded-cooldown1"):
+            write_run(solo, arm, seed, acc, secs, sizes, concurrent=1)
+    res = report.build_report([solo], tmp_path / "r", figures=False)
+    t = res["goal"]
+    pb = _goal_row(t, "paper-bounded")
+    assert (pb.pairs_time_comparable, pb.seeds_goal_time, pb.timing) == (3, 2, "solo") and pb.goal_time
+    cd1 = _goal_row(t, "bounded-cooldown1")  # one seed: 77.0 < 80.0 at 0.5x the time
+    assert (cd1.n_pairs, cd1.seeds_goal_time) == (1, 0) and cd1.goal_time is not None and not cd1.goal_time
+    saved = pd.read_csv(tmp_path / "r" / "goal_check.csv")
+    assert saved.set_index("arm").loc["paper-bounded", "seeds_goal_time"] == 2
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Goal check: at least 40% less training time than fixed B=64" in md
+    assert "- paper-bounded, by training time: meets the goal on 1 of 1 architecture(s): resnet18" in md
+    assert "- bounded-cooldown1, by training time: meets the goal on 0 of 1 architecture(s) (the" in md
+
+
+def test_goal_check_uses_modelled_solo_time_where_runs_shared(study_dir, tmp_path):
+    bench = tmp_path / "bench.json"
+    records = [{"arch": "resnet18", "batch_size": b, "mode": "graph", "epoch_s": s}
+               for b, s in ((64, 10.0), (128, 6.0), (256, 4.0))]
+    bench.write_text(json.dumps({"schema_version": 1, "records": records}))
+    res = report.build_report([study_dir], tmp_path / "r", bench=bench, figures=False)
+    modelled = res["runs"].set_index("run_id").modelled_time_s  # checked against hand-worked values above
+    pb = _goal_row(res["goal"], "paper-bounded")
+    ratios = [modelled[f"cifar10/resnet18/paper-bounded/seed{s}"] / modelled[f"cifar10/resnet18/fixed/seed{s}"]
+              for s in (2, 7, 42)]
+    assert pb.timing == "modelled solo" and pb.pairs_time_comparable == 3
+    assert pb.seeds_goal_time == sum(r <= 0.6 for r in ratios)  # accuracy is above fixed on all three
+    assert all(0.5 < r < 1.0 for r in ratios)
