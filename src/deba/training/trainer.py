@@ -52,7 +52,6 @@ Safety rules, each tested (docs/reliability.md):
 """
 from __future__ import annotations
 
-import atexit
 import gc
 import math
 import os
@@ -141,13 +140,12 @@ def init_distributed(device_pref: str) -> DistInfo:
         # A process that exits with its process group alive can abort in interpreter teardown ("terminate
         # called without an active exception", SIGABRT; pytorch/pytorch#190489, #179291): seen twice here in
         # full runs of the test suite (tests/test_ddp.py), never in 100-odd runs of the same commands alone.
-        # Trainer.fit ends the group and this atexit hook covers a run that fails before fit, but neither
-        # is enough under DDP: DistributedDataParallel keeps the gloo group and its threads alive after
-        # destroy_process_group (torch 2.14; see tests/test_ddp.py). So `deba` itself, having written all
-        # it writes, leaves a distributed run with os._exit (deba.cli.main, see process_group_started).
+        # Trainer.fit ends the group when it completes, but that is not enough under DDP:
+        # DistributedDataParallel keeps the gloo group and its threads alive after destroy_process_group
+        # (torch 2.14; see tests/test_ddp.py). So `deba` itself, having written all it writes, leaves a
+        # distributed run with os._exit (deba.cli.main, see process_group_started).
         global _STARTED_GROUP
         _STARTED_GROUP = True
-        atexit.register(release_distributed)
     return DistInfo(rank, world, local, here)
 
 
@@ -737,15 +735,17 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Train to ``config.epochs`` (from the checkpoint with ``resume``) and return the run's summary.
 
-        Under torchrun, a process group this trainer started is ended when fit returns or raises.
+        Under torchrun, a process group this trainer started is ended when the run completes. Not when fit
+        raises: tearing down an NCCL group is collective (pytorch/pytorch#122358), and a rank that failed alone
+        (out of memory, say) could wait in it for peers that wait in an all-reduce for it.
         """
-        try:
-            return self._fit(resume)
-        finally:
-            self.close()
+        summary = self._fit(resume)
+        self.close()
+        return summary
 
     def close(self) -> None:
-        """End the process group this trainer started (under torchrun); nothing otherwise. Idempotent."""
+        """End the process group this trainer started (under torchrun); nothing otherwise. Idempotent.
+        Every rank must call it (fit does, on completion)."""
         if self.dist.initialized_here:
             release_distributed()
 
