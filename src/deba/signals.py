@@ -22,7 +22,24 @@ With bf16 autocast no GradScaler is needed and there is nothing to unscale. In `
 paper's reading: statistics of the epoch's last optimisation step) :meth:`GradientSignals.end_epoch`
 reads the gradients still held in ``.grad``, so they must not be set to ``None`` before it is called.
 
-Everything on the per-step path (:func:`grad_stats`, ``observe_loss``, ``observe_gradients``) is made
+Gradient noise scale (``gns=True``, McCandlish et al. 2018, "An Empirical Model of Large-Batch Training",
+appendix A): with |g_b|^2 the squared norm of a gradient averaged over b examples,
+E|g_b|^2 = |G|^2 + tr(Sigma)/b, so the squared norms of one gradient at a small size b_s and one at a big
+size b_b give unbiased estimates of both unknowns per step:
+
+    |G|^2     ~ (b_b |g_big|^2 - b_s |g_small|^2) / (b_b - b_s)
+    tr(Sigma) ~ (|g_small|^2 - |g_big|^2) / (1/b_s - 1/b_b)
+
+The step supplies the two sizes at no extra FLOPs: on a sampled step it trains the batch as two
+micro-batches and calls :meth:`GradientSignals.observe_small_gradient` after the first one's backward
+(the gradient of the first b_s examples) and :meth:`GradientSignals.observe_big_gradient` after the last
+(the whole batch; under DDP the all-reduced gradient of the global batch, while the first micro-batch ran
+under ``no_sync`` and is this rank's own). The per-step estimates are summed on the device and combined
+over the period as a ratio of averages, ``b_simple = mean(tr) / mean(|G|^2)``: the average of per-step
+ratios would be biased (the per-step |G|^2 estimate is noisy and often near zero or negative).
+
+Everything on the per-step path (:func:`grad_stats`, ``observe_loss``, ``observe_gradients``, the two
+``observe_*_gradient`` calls) is made
 of in-place updates of preallocated tensors and value-independent allocations, with Python control
 flow that depends only on which parameters have gradients, so it can be captured in a CUDA graph.
 """
@@ -45,6 +62,13 @@ _LOSS_SUM, _STEPS, _NONFINITE_STEPS, _VAR_SUM, _NORM_SUM, _OBSERVED, _NONFINITE_
 _ACC_NAMES = ("loss_sum", "steps", "nonfinite_steps", "var_sum", "norm_sum", "observed",
               "nonfinite_observed")
 _REDUCED = 3
+
+# The noise-scale accumulators: sums of the per-step |G|^2 and tr(Sigma) estimates and of the two squared
+# norms, the number of finite and non-finite samples. All of them are summed across ranks (each rank's small
+# gradient is its own sample), so the ratio of averages over ranks comes out of one all_reduce.
+_GNS_NAMES = ("gns_g2_sum", "gns_trace_sum", "gns_small_sq_sum", "gns_big_sq_sum", "gns_samples",
+              "gns_nonfinite")
+_G2_SUM, _TRACE_SUM, _SMALL_SUM, _BIG_SUM, _GNS_SAMPLES, _GNS_NONFINITE = range(6)
 
 _FOREACH_NORM_HAS_DTYPE: bool | None = None  # learned on first use (the dtype argument is newer than torch 2.4)
 
@@ -186,6 +210,59 @@ def grad_stats(params: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tens
     return var.to(torch.float32), norm.to(torch.float32)
 
 
+@torch.no_grad()
+def grad_sq_norm(params: Iterable[torch.Tensor], wide: torch.dtype | None = None) -> torch.Tensor:
+    """Squared L2 norm of the flattened gradient of ``params`` as a 0-dim device tensor (no host read).
+
+    Per-tensor norms by foreach reductions (float64 accumulation on the CPU, float32 trees elsewhere, see
+    :func:`_norm_dtype`), their squares summed in ``wide`` (float64 by default).
+    """
+    grads = _grads(params)
+    if not grads:
+        raise DebaError("grad_sq_norm: no parameter has a gradient (call it after backward)")
+    device = grads[0].device
+    wide = wide or _wide_dtype(device)
+    parts = []
+    by_key: dict[tuple, list[torch.Tensor]] = {}
+    for g in grads:
+        by_key.setdefault((g.device, g.dtype), []).append(g)
+    for (dev, dtype), group in by_key.items():
+        sq = torch.stack(_norms(group, _norm_dtype(dev, dtype))).to(wide).square().sum()
+        parts.append(sq if dev == device else sq.to(device))
+    return torch.stack(parts).sum()
+
+
+def noise_scale_terms(small_sq: torch.Tensor, big_sq: torch.Tensor, b_small: int, b_big: int) -> torch.Tensor:
+    """Per-step unbiased estimates ``[|G|^2, tr(Sigma)]`` from the squared norms of the gradients averaged
+    over ``b_small`` and ``b_big`` examples (see the module docstring); device tensors, no host read."""
+    if not 0 < b_small < b_big:
+        raise DebaError(f"noise scale needs 0 < b_small < b_big, got {b_small} and {b_big}")
+    g2 = (big_sq * b_big - small_sq * b_small) / (b_big - b_small)
+    trace = (small_sq - big_sq) * (b_small * b_big / (b_big - b_small))
+    return torch.stack([g2, trace])
+
+
+def combine_noise_scale(g2_sum: float, trace_sum: float, samples: int) -> dict[str, Any]:
+    """The period's ``gns_g2``, ``gns_trace`` (means of the per-step estimates, reported as they are, even
+    negative) and ``b_simple = gns_trace / gns_g2`` (a ratio of averages), or ``b_simple`` None with
+    ``gns_reason`` saying why: no sample, or an estimate that is not positive (possible with few samples,
+    and then the ratio means nothing)."""
+    if samples <= 0:
+        return {"gns_g2": None, "gns_trace": None, "b_simple": None,
+                "gns_reason": "no step of the period was sampled at two batch sizes"}
+    g2, trace = g2_sum / samples, trace_sum / samples
+    out: dict[str, Any] = {"gns_g2": g2, "gns_trace": trace, "b_simple": None, "gns_reason": None}
+    if not (math.isfinite(g2) and math.isfinite(trace)):
+        out["gns_reason"] = "non-finite noise estimate"
+    elif g2 <= 0:
+        out["gns_reason"] = f"|G|^2 estimate {g2:.3g} <= 0 over {samples} sample(s): noise dominates, B_simple undefined"
+    elif trace <= 0:
+        out["gns_reason"] = f"tr(Sigma) estimate {trace:.3g} <= 0 over {samples} sample(s): B_simple undefined"
+    else:
+        out["b_simple"] = trace / g2
+    return out
+
+
 class GradientSignals:
     """Per-epoch gradient variance, gradient norm and mean loss, accumulated on the device.
 
@@ -206,11 +283,13 @@ class GradientSignals:
     """
 
     def __init__(self, params: Iterable[torch.Tensor], mode: str = "last", every: int = 1,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, gns: bool = False, gns_every: int = 1):
         if mode not in SIGNAL_MODES:
             raise DebaError(f"signals mode must be one of {', '.join(SIGNAL_MODES)}, got {mode!r}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise DebaError(f"signals every must be a positive integer, got {every!r}")
+        if isinstance(gns_every, bool) or not isinstance(gns_every, int) or gns_every < 1:
+            raise DebaError(f"gns_every must be a positive integer, got {gns_every!r}")
         self.params = list(params)
         if device is None:
             if not self.params:
@@ -220,6 +299,12 @@ class GradientSignals:
         self.every = every
         self.device = torch.device(device)
         self._acc = torch.zeros(len(_ACC_NAMES), dtype=_wide_dtype(self.device), device=self.device)
+        # gradient noise scale: accumulators, the open step's |g_small|^2, the sizes of the period's samples
+        self.gns = bool(gns)
+        self.gns_every = gns_every
+        self._gns = torch.zeros(len(_GNS_NAMES), dtype=_wide_dtype(self.device), device=self.device)
+        self._small_sq = torch.zeros((), dtype=_wide_dtype(self.device), device=self.device)
+        self.gns_sizes: tuple[int, int] | None = None  # (b_small, b_big) of the last sample (host-side)
 
     # Named views into the buffer (they share its storage, so in-place updates land in it).
     @property
@@ -285,10 +370,36 @@ class GradientSignals:
                               finite.to(self._acc.dtype), (~finite).to(self._acc.dtype)])
         self._acc[_VAR_SUM:].add_(update)
 
+    def should_split(self, step_index: int) -> bool:
+        """Whether step ``step_index`` (0-based within the period) is a noise-scale sample: the step then
+        trains its batch as two micro-batches (see :meth:`observe_small_gradient`)."""
+        return self.gns and step_index % self.gns_every == 0
+
+    @torch.no_grad()
+    def observe_small_gradient(self, scale: float) -> None:
+        """After the first micro-batch's backward: ``.grad`` holds ``scale`` times the gradient averaged
+        over that micro-batch's b_small examples (``scale`` = b_small / B: its share of the batch mean)."""
+        self._small_sq.copy_(grad_sq_norm(self.params, self._gns.dtype) * (1.0 / (scale * scale)))
+
+    @torch.no_grad()
+    def observe_big_gradient(self, b_small: int, b_big: int) -> None:
+        """After the last micro-batch's backward: ``.grad`` holds the gradient averaged over ``b_big``
+        examples; adds this step's |G|^2 and tr(Sigma) estimates to the period's sums (a non-finite one
+        adds nothing and is counted)."""
+        big_sq = grad_sq_norm(self.params, self._gns.dtype)
+        terms = noise_scale_terms(self._small_sq, big_sq, int(b_small), int(b_big))
+        values = torch.cat([terms, self._small_sq.reshape(1), big_sq.reshape(1)])
+        finite = torch.isfinite(values).all()
+        update = torch.cat([torch.where(finite, values, 0.0),
+                            torch.stack([finite, ~finite]).to(self._gns.dtype)])
+        self._gns.add_(update)
+        self.gns_sizes = (int(b_small), int(b_big))
+
     @torch.no_grad()
     def reset(self) -> None:
         """Zero the accumulators in place (their addresses do not change)."""
         self._acc.zero_()
+        self._gns.zero_()
 
     @torch.no_grad()
     def end_epoch(self, process_group: Any = None) -> dict[str, Any]:
@@ -311,9 +422,12 @@ class GradientSignals:
         if dist.is_available() and dist.is_initialized():
             # the loss sum and step counts: a contiguous prefix of the buffer, one collective
             dist.all_reduce(self._acc[:_REDUCED], op=dist.ReduceOp.SUM, group=process_group)
-        values = torch.stack([*stats.unbind(0), *self._acc.unbind(0)]).tolist()  # THE host read
+            if self.gns:
+                dist.all_reduce(self._gns, op=dist.ReduceOp.SUM, group=process_group)
+        values = torch.cat([stats, self._acc, self._gns]).tolist()  # THE host read
         grad_var, grad_norm = values[0], values[1]
-        acc = dict(zip(_ACC_NAMES, values[2:]))
+        acc = dict(zip(_ACC_NAMES, values[2:2 + len(_ACC_NAMES)]))
+        gns = dict(zip(_GNS_NAMES, values[2 + len(_ACC_NAMES):]))
         steps = int(acc["steps"])
         nonfinite = int(acc["nonfinite_steps"])
         finite_steps = steps - nonfinite
@@ -327,12 +441,26 @@ class GradientSignals:
         if self.mode == "epoch-avg":
             out["grad_observations"] = int(acc["observed"]) + int(acc["nonfinite_observed"])
             out["nonfinite_grad_observations"] = int(acc["nonfinite_observed"])
+        if self.gns:
+            out.update(self._noise_record(gns))
         self.reset()
+        return out
+
+    def _noise_record(self, gns: Mapping[str, float]) -> dict[str, Any]:
+        samples = int(gns["gns_samples"])
+        out = combine_noise_scale(gns["gns_g2_sum"], gns["gns_trace_sum"], samples)
+        b_small, b_big = self.gns_sizes or (None, None)
+        out.update(gns_samples=samples, gns_nonfinite=int(gns["gns_nonfinite"]), gns_b_small=b_small,
+                   gns_b_big=b_big)
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """Accumulators as Python numbers (for mid-epoch checkpoints); one host read."""
-        return {"mode": self.mode, "every": self.every, **dict(zip(_ACC_NAMES, self._acc.tolist()))}
+        state = {"mode": self.mode, "every": self.every, **dict(zip(_ACC_NAMES, self._acc.tolist()))}
+        if self.gns:
+            state.update(zip(_GNS_NAMES, self._gns.tolist()))
+            state["gns_sizes"] = list(self.gns_sizes) if self.gns_sizes else None
+        return state
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -344,3 +472,7 @@ class GradientSignals:
             raise DebaError(f"signals state lacks {', '.join(missing)}")
         values = torch.tensor([float(state[k]) for k in _ACC_NAMES], dtype=self._acc.dtype)
         self._acc.copy_(values)
+        # noise sums: absent from states written without gns (or by an older deba): an empty period so far
+        self._gns.copy_(torch.tensor([float(state.get(k, 0.0)) for k in _GNS_NAMES], dtype=self._gns.dtype))
+        sizes = state.get("gns_sizes")
+        self.gns_sizes = (int(sizes[0]), int(sizes[1])) if sizes else None

@@ -18,7 +18,14 @@ HELP = {
     "model": "a user's own model constructor, package.module:function (called with num_classes=...)",
     "dataset": "cifar10, cifar100 or synthetic (generated)",
     "data": "folder holding cifar-10-batches-py / cifar-100-python, or the offline cifar10-jpeg.npz",
-    "policy": "batch-size policy: fixed, deba, step-grow",
+    "policy": "batch-size policy: fixed, deba, step-grow, seesaw (batch x2 where a cosine lr halves; use with "
+              "--lr-schedule cosine --lr-scaling sqrt), gns (toward a multiple of the gradient noise scale)",
+    "gns": "measure the gradient noise scale (gns_g2, gns_trace, b_simple in every period record); on for "
+           "--policy gns",
+    "gns_every": "noise scale: train every k-th step of a period as two micro-batches to read two gradient sizes",
+    "target_factor": "gns: target batch = this x the smoothed noise scale B_noise (default 0.5)",
+    "noise_smoothing": "gns: weight of the newest period in the moving averages of |G|^2 and tr(Sigma) "
+                       "(1 = none; default 0.5)",
     "preset": "DEBA preset: paper (literal) or paper-bounded (default)",
     "thresholds": "thresholds JSON from `deba profile` or `deba calibrate --write-thresholds`",
     "graphs": "capture the training step in CUDA graphs: auto (on for CUDA), on, off",

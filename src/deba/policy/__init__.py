@@ -20,11 +20,12 @@ from .presets import (
     deba_config,
     make_deba,
 )
-from .schedules import FixedPolicy, StepGrowPolicy
+from .noise import GnsPolicy
+from .schedules import FixedPolicy, SeesawPolicy, StepGrowPolicy, cosine_halvings
 
 __all__ = [
     "ARCH_ALIASES", "BatchSizePolicy", "CONF_MODES", "DECISIONS", "DEFAULT_PRESET", "DebaConfig", "DebaPolicy",
-    "DecisionRecord", "EpochSignals", "FixedPolicy", "PRESETS", "SignalTracker", "StepGrowPolicy",
+    "DecisionRecord", "EpochSignals", "FixedPolicy", "GnsPolicy", "SeesawPolicy", "cosine_halvings", "PRESETS", "SignalTracker", "StepGrowPolicy",
     "TABLE1_THRESHOLDS", "UNIVERSAL_THRESHOLDS", "canonical_arch", "confidence", "deba_config", "make_deba",
     "relative_change",
 ]

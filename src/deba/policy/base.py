@@ -29,6 +29,10 @@ class EpochSignals:
     grad_var: float | None
     grad_norm: float | None
     loss: float | None
+    # gradient noise scale of the period (deba.signals, gns=True): means of the per-step unbiased estimates
+    # of |G|^2 and tr(Sigma); None where the period had no two-size sample
+    gns_g2: float | None = None
+    gns_trace: float | None = None
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any]) -> "EpochSignals":
@@ -37,7 +41,8 @@ class EpochSignals:
             epoch = int(epoch)
         if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
             raise ValueError(f"epoch must be an integer, got {epoch!r}")
-        return cls(epoch=int(epoch), grad_var=m.get("grad_var"), grad_norm=m.get("grad_norm"), loss=m.get("loss"))
+        return cls(epoch=int(epoch), grad_var=m.get("grad_var"), grad_norm=m.get("grad_norm"), loss=m.get("loss"),
+                   gns_g2=m.get("gns_g2"), gns_trace=m.get("gns_trace"))
 
 
 @dataclass

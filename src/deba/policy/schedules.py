@@ -1,7 +1,8 @@
-"""Non-adaptive batch-size policies used as baselines: fixed, and step growth at set epochs."""
+"""Non-adaptive batch-size policies used as baselines: fixed, step growth at set epochs, and Seesaw."""
 from __future__ import annotations
 
 import abc
+import math
 from typing import Any, Mapping, Sequence
 
 from .base import BatchSizePolicy, DecisionRecord, EpochSignals, SignalTracker
@@ -99,5 +100,59 @@ class StepGrowPolicy(_ObservingPolicy):
 
     def _apply_settings(self, s):
         self.milestones, self.grow_factor = list(s["milestones"]), float(s["grow_factor"])
+        self.b_min, self.b_max = int(s["b_min"]), int(s["b_max"])
+        self.window, self.conf_mode = int(s["window"]), s["conf_mode"]
+
+
+def cosine_halvings(progress: float) -> int:
+    """How many times a cosine decay 0.5 * (1 + cos(pi * t)) has halved by progress ``t`` in [0, 1]:
+    floor(log2(1 / f(t))), with the last instant (f = 0) counted as one more than any before it."""
+    t = min(1.0, max(0.0, float(progress)))
+    f = 0.5 * (1.0 + math.cos(math.pi * t))
+    if f <= 0.0:
+        return 1 << 20
+    return max(0, int(math.floor(math.log2(1.0 / f) + 1e-12)))
+
+
+class SeesawPolicy(_ObservingPolicy):
+    """Seesaw (arXiv 2510.14717) taken over a cosine schedule: wherever the cosine decay of the learning
+    rate passes another halving, the batch doubles instead, and the learning rate falls by 1/sqrt(2) rather
+    than 1/2.
+
+    The policy decides the batch: after period ``p`` of ``total_periods`` the batch is
+    start_batch x 2^k, k the number of halvings the cosine has made by progress p / total_periods (capped
+    at B_max). The learning rate is the harness's: run it with ``lr_schedule: cosine`` and
+    ``lr_scaling: sqrt``; lr = base x f(t) x sqrt(B / B0) is then exactly the cosine with every halving that
+    became a doubling of the batch softened to 1/sqrt(2), and past B_max the plain cosine goes on.
+    """
+
+    name = "seesaw"
+
+    def __init__(self, total_periods: int, start_batch: int = 64, b_min: int = 16, b_max: int = 2048,
+                 window: int = 15, conf_mode: str = "ratio"):
+        if isinstance(total_periods, bool) or not isinstance(total_periods, int) or total_periods < 1:
+            raise ValueError(f"seesaw needs total_periods >= 1, got {total_periods!r}")
+        super().__init__(start_batch, b_min, b_max, window, conf_mode)
+        self.total_periods = total_periods
+        self.start_batch = int(start_batch)
+
+    def target(self, period: int) -> int:
+        """The batch for the period after ``period`` (no cap applied)."""
+        k = cosine_halvings(period / self.total_periods)
+        return self.start_batch << min(k, 40)
+
+    def _next(self, epoch):
+        nxt = min(self.target(epoch), self.effective_b_max)
+        k = cosine_halvings(epoch / self.total_periods)
+        if nxt > self._batch_size:
+            return "increase", f"cosine halved {k} time(s) by period {epoch}/{self.total_periods}", nxt
+        return "hold", f"cosine halvings {k} at period {epoch}/{self.total_periods}", self._batch_size
+
+    def settings(self) -> dict:
+        return {"total_periods": self.total_periods, "start_batch": self.start_batch, "b_min": self.b_min,
+                "b_max": self.b_max, "window": self.window, "conf_mode": self.conf_mode}
+
+    def _apply_settings(self, s):
+        self.total_periods, self.start_batch = int(s["total_periods"]), int(s["start_batch"])
         self.b_min, self.b_max = int(s["b_min"]), int(s["b_max"])
         self.window, self.conf_mode = int(s["window"]), s["conf_mode"]

@@ -4,7 +4,17 @@ from __future__ import annotations
 import torch
 
 from ..errors import DebaError
-from ..policy import DEFAULT_PRESET, PRESETS, BatchSizePolicy, FixedPolicy, StepGrowPolicy, canonical_arch, make_deba
+from ..policy import (
+    DEFAULT_PRESET,
+    PRESETS,
+    BatchSizePolicy,
+    FixedPolicy,
+    GnsPolicy,
+    SeesawPolicy,
+    StepGrowPolicy,
+    canonical_arch,
+    make_deba,
+)
 from .config import TrainConfig
 
 
@@ -27,6 +37,13 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def seesaw_periods(config: TrainConfig, train_size: int) -> int:
+    """How many decision periods the run has: epochs, or the sample budget over a samples interval."""
+    if config.decision_interval:
+        return max(1, (config.epochs * train_size) // config.decision_interval)
+    return config.epochs
+
+
 def build_policy(config: TrainConfig, arch: str | None, train_size: int) -> BatchSizePolicy:
     """The policy the config asks for. ``train_size`` clamps B_max: no batch can exceed the training set."""
     if config.start_batch > train_size:
@@ -40,6 +57,16 @@ def build_policy(config: TrainConfig, arch: str | None, train_size: int) -> Batc
         if config.policy == "step-grow":
             return StepGrowPolicy(config.milestones, grow_factor=config.grow_factor or 2.0,
                                   start_batch=config.start_batch, b_min=b_min, b_max=b_max, window=conf_window)
+        if config.policy == "seesaw":
+            return SeesawPolicy(seesaw_periods(config, train_size), start_batch=config.start_batch, b_min=b_min,
+                                b_max=max(b_max, config.start_batch), window=conf_window)
+        if config.policy == "gns":
+            options = {k: v for k, v in (("target_factor", config.target_factor),
+                                         ("smoothing", config.noise_smoothing), ("cooldown", config.cooldown),
+                                         ("grow_factor", config.grow_factor),
+                                         ("rollback_factor", config.rollback_factor)) if v is not None}
+            return GnsPolicy(config.start_batch, b_min, max(b_max, config.start_batch), window=conf_window,
+                             **options)
         preset = config.preset or DEFAULT_PRESET
         overrides = dict(
             theta_stab=config.theta_stab, theta_conf=config.theta_conf, cooldown=config.cooldown,

@@ -14,7 +14,7 @@ from typing import Any, Mapping, get_args
 from ..errors import DebaError
 from ..logio import read_text_input
 
-POLICIES = ("fixed", "deba", "step-grow")
+POLICIES = ("fixed", "deba", "step-grow", "gns", "seesaw")
 LR_SCHEDULES = ("constant", "cosine")
 LR_SCALINGS = ("none", "linear", "sqrt")
 GRAPH_MODES = ("auto", "on", "off")
@@ -62,6 +62,11 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # step-grow
     decision_interval: int | None = None  # decide every N steps (or samples) instead of every epoch
     decision_interval_unit: str = "steps"  # what decision_interval counts: steps or samples (global)
+    # gradient noise scale (deba.signals gns; policy gns reads it, any policy may log it)
+    gns: bool = False  # collect the noise-scale signals (always on for policy gns)
+    gns_every: int = 1  # every k-th step of a period is trained as two micro-batches to measure it
+    target_factor: float | None = None  # gns: target batch = factor x smoothed B_noise (default 0.5)
+    noise_smoothing: float | None = None  # gns: weight of the newest period in the |G|^2 and tr(Sigma) averages
     # signals
     signals_mode: str = "last"
     signals_every: int = 1
@@ -107,7 +112,8 @@ class TrainConfig:
         choice("var_scaling", ("none", "batch"))
         if not isinstance(self.accumulate, bool):
             raise DebaError(f"accumulate must be true or false, got {self.accumulate!r}")
-        for name in ("epochs", "start_batch", "eval_every", "signals_every", "max_nonfinite", "concurrent_runs"):
+        for name in ("epochs", "start_batch", "eval_every", "signals_every", "max_nonfinite", "concurrent_runs",
+                     "gns_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DebaError(f"{name} must be an integer >= 1, got {v!r}")
@@ -133,17 +139,35 @@ class TrainConfig:
             raise DebaError(f"lr must be > 0, got {self.lr}")
         if self.policy == "step-grow" and not self.milestones:
             raise DebaError("policy step-grow needs milestones (epochs after which the batch grows)")
+        if self.target_factor is not None and not (isinstance(self.target_factor, (int, float))
+                                                   and 0 < self.target_factor < float("inf")):
+            raise DebaError(f"target_factor must be a number > 0, got {self.target_factor!r}")
+        if self.noise_smoothing is not None and not 0 < self.noise_smoothing <= 1:
+            raise DebaError(f"noise_smoothing must be a number in (0, 1], got {self.noise_smoothing!r}")
+        if self.policy == "seesaw" and self.decision_interval and self.decision_interval_unit == "steps":
+            raise DebaError("policy seesaw follows training progress: use decision_interval_unit samples "
+                            "(or decide per epoch)")
+
+    @property
+    def collects_noise(self) -> bool:
+        """Whether the run measures the gradient noise scale (policy gns always does)."""
+        return self.gns or self.policy == "gns"
 
     def unused_options(self) -> list[str]:
         """The options set away from their defaults that the chosen policy does not read.
 
         They are accepted, not refused: a study's ``common:`` block sets one value for all its arms,
         fixed ones included. The trainer names them in an event, so a run log shows what had no effect."""
-        deba_only = ["preset", "theta_stab", "theta_conf", "thresholds", "cooldown", "rollback_factor",
-                     "full_history", "universal_thresholds", "var_scaling"]
+        deba_only = ["preset", "theta_stab", "theta_conf", "thresholds", "full_history", "universal_thresholds",
+                     "var_scaling"]
+        gns_only = ["target_factor", "noise_smoothing"]
+        adaptive = ["cooldown", "rollback_factor"]
         growing = ["b_min", "b_max", "grow_factor"]
-        unused = {"fixed": deba_only + growing + ["milestones"], "step-grow": deba_only,
-                  "deba": ["milestones"]}.get(self.policy, [])
+        unused = {"fixed": deba_only + gns_only + adaptive + growing + ["milestones"],
+                  "step-grow": deba_only + gns_only + adaptive,
+                  "seesaw": deba_only + gns_only + adaptive + ["grow_factor", "milestones"],
+                  "gns": deba_only + ["milestones"],
+                  "deba": gns_only + ["milestones"]}.get(self.policy, [])
         defaults = TrainConfig.__dataclass_fields__
         out = []
         for name in unused:

@@ -136,6 +136,9 @@ class EagerStep:
         # epoch-avg signals: set True before a call to feed that step's gradients to the epoch average
         # (consumed by the call).
         self.observe_gradients_next = False
+        # noise scale: set True before a call to train that step as two micro-batches and feed both
+        # gradient sizes to signals.observe_small/big_gradient (consumed by the call)
+        self.gns_split_next = False
         self._lr = lr
         self.optimizer = torch.optim.SGD(self.params, lr=lr, momentum=self.momentum,
                                          weight_decay=self.weight_decay)
@@ -147,9 +150,10 @@ class EagerStep:
     # --- the step ------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         x, y = self._prepare(x, y)
-        key = (tuple(x.shape), self.micro_batch)
+        split, self.gns_split_next = self._take_split(x.shape[0]), False
+        key = (tuple(x.shape), self.micro_batch, split)
         if key in self._shapes_done:
-            self._eager_step(x, y)
+            self._eager_step(x, y, split)
             return
         # The first step at a new batch size is where an out-of-memory error happens in practice. Its
         # forward passes may already have moved the BatchNorm running statistics when it fails, so the
@@ -158,7 +162,7 @@ class EagerStep:
         buffers = list(self.model.buffers())
         saved = [b.detach().clone() for b in buffers]
         try:
-            self._eager_step(x, y)
+            self._eager_step(x, y, split)
         except BaseException as err:
             if _is_oom(err):
                 with torch.no_grad():
@@ -167,11 +171,17 @@ class EagerStep:
             raise
         self._shapes_done.add(key)
 
-    def _eager_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _eager_step(self, x: torch.Tensor, y: torch.Tensor, split: bool = False) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._forward_backward(x, y)
+        loss = self._forward_backward(x, y, split=split)
         self._observe(loss)
         self.optimizer.step()
+
+    def _take_split(self, batch: int) -> bool:
+        """Whether this call is a noise-scale sample (two gradient sizes need a batch of 2 or more and
+        signals that collect them)."""
+        return bool(self.gns_split_next and batch >= 2 and self.signals is not None
+                    and getattr(self.signals, "gns", False))
 
     def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -185,14 +195,31 @@ class EagerStep:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
         return contextlib.nullcontext()
 
-    def _chunks(self, batch: int) -> list[tuple[int, int]]:
+    def _chunks(self, batch: int, split: bool = False) -> list[tuple[int, int]]:
         size = self.micro_batch if self.micro_batch and self.micro_batch < batch else batch
+        if split and size == batch:  # a noise-scale sample needs a first micro-batch smaller than the batch
+            size = (batch + 1) // 2
         return [(start, min(size, batch - start)) for start in range(0, batch, size)]
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, autocast_cache: bool = True) -> torch.Tensor:
-        """Forward and backward over the batch (in micro-batches); returns the batch's mean loss, detached."""
+    def _world_size(self) -> int:
+        """Processes whose gradients the last backward all-reduces (1 without DDP)."""
+        if self._no_sync is None:
+            return 1
+        dist = torch.distributed
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, autocast_cache: bool = True,
+                          split: bool = False, observe: bool = True) -> torch.Tensor:
+        """Forward and backward over the batch (in micro-batches); returns the batch's mean loss, detached.
+
+        ``split`` (a noise-scale sample): the gradient of the first micro-batch alone is read before the
+        next one accumulates, and the whole batch's after the last (``observe`` False: chunk the same way
+        but tell the signals nothing, as the warm-up before a capture does). With BatchNorm the two
+        micro-batches are normalised by their own statistics on such a step (see docs/noise.md).
+        """
         batch = x.shape[0]
-        chunks = self._chunks(batch)
+        chunks = self._chunks(batch, split)
+        observe_noise = split and observe and len(chunks) > 1 and self.signals is not None
         total = None
         for i, (start, n) in enumerate(chunks):
             xs, ys = (x, y) if len(chunks) == 1 else (x[start:start + n], y[start:start + n])
@@ -204,8 +231,12 @@ class EagerStep:
                 if len(chunks) > 1:
                     loss = loss * (n / batch)  # the chunk's share of the batch mean
                 loss.backward()
+            if observe_noise and i == 0:
+                self.signals.observe_small_gradient(n / batch)
             part = loss.detach()
             total = part if total is None else total + part
+        if observe_noise:
+            self.signals.observe_big_gradient(chunks[0][1], batch * self._world_size())
         return total
 
     def _observe(self, loss: torch.Tensor) -> None:
@@ -278,6 +309,7 @@ class GraphStep(EagerStep):
         self.warmup_iters = int(warmup_iters)
         self.mode = "graph"
         self._graphs: dict[tuple, dict[str, Any]] = {}
+        self._split_active = False  # the split of the graph being built (read at warm-up and capture)
         self._observe_graph: Any = None
         self._pool: Any = None
         self._capture_stream: Any = None  # ours, on self.device (torch.cuda.graph's default is process-wide)
@@ -292,13 +324,17 @@ class GraphStep(EagerStep):
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.mode == "eager":  # fell back
             return super().__call__(x, y)
-        # micro_batch is part of the key: a graph holds one split of the batch into chunks
-        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, self.model.training, self.micro_batch)
+        # micro_batch and the noise-scale split are part of the key: a graph holds one split into chunks
+        split = self._take_split(int(x.shape[0]))
+        key = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, self.model.training, self.micro_batch, split)
         entry = self._graphs.get(key)
         if entry is None:
+            self._split_active = split
             entry = self._build(key, x, y)
-            if entry is None:  # capture failed, fell back to eager
+            if entry is None:  # capture failed, fell back to eager (which reads gns_split_next again)
+                self.gns_split_next = split
                 return super().__call__(x, y)
+        self.gns_split_next = False
         if self._bound_params and self._bound_params[0].grad is not self._bound_grads[0]:
             self._rebind_grads()  # someone set .grad to None (model.zero_grad()): the graphs write these
         if entry["x"] is not x:
@@ -344,7 +380,7 @@ class GraphStep(EagerStep):
         with self._side_stream():
             for _ in range(max(1, self.warmup_iters)):
                 self.optimizer.zero_grad(set_to_none=False)
-                self._forward_backward(x, y, autocast_cache=False)
+                self._forward_backward(x, y, autocast_cache=False, split=self._split_active, observe=False)
             if self.signals is not None and getattr(self.signals, "mode", None) == "epoch-avg":
                 from ..signals import grad_stats
 
@@ -387,7 +423,7 @@ class GraphStep(EagerStep):
     def _captured_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """What one graph holds: zero the gradients, forward, loss, backward, signals, update."""
         torch._foreach_zero_(self._bound_grads)
-        loss = self._forward_backward(x, y, autocast_cache=False)
+        loss = self._forward_backward(x, y, autocast_cache=False, split=self._split_active)
         if self.signals is not None:
             self.signals.observe_loss(loss)
         self._update()

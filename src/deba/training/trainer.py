@@ -74,6 +74,10 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkp
 from .config import TrainConfig
 from .schedule import learning_rate
 
+# what a period record carries of the gradient noise scale (deba.signals, gns=True)
+NOISE_FIELDS = ("gns_g2", "gns_trace", "b_simple", "gns_reason", "gns_samples", "gns_nonfinite", "gns_b_small",
+                "gns_b_big")
+
 # config keys that may differ between a checkpoint and a resuming run
 RESUME_MUTABLE_KEYS = {"quiet", "tensorboard", "out", "concurrent_runs", "device", "checkpoint_every", "epochs",
                        "max_nonfinite", "nonfinite_action"}
@@ -291,7 +295,7 @@ class Trainer:
                 raise DebaError("--graphs on is not supported with more than one process; use auto or off")
             graphs = "off"
         self.signals = GradientSignals([p for p in model.parameters() if p.requires_grad], mode=c.signals_mode,
-                                       every=c.signals_every)
+                                       every=c.signals_every, gns=c.collects_noise, gns_every=c.gns_every)
         mode = {"auto": "auto", "on": "graph", "off": "eager"}[graphs]
         factory = self._step_factory or make_step
         self.step = factory(self.train_module, signals=self.signals, lr=c.lr, momentum=c.momentum,
@@ -616,10 +620,12 @@ class Trainer:
                     if interval and self._period_snapshot is None:
                         self._period_snapshot = snapshot_state(self.model, self.step.state_dict())
                     self.step.set_lr(self._lr())
+                    # every-k gating counts the steps of the signals' own span: the period or the epoch
+                    index = s.since_decision_steps if interval else steps
                     if self.signals.mode == "epoch-avg":
-                        # every-k gating counts the steps of the signals' own span: the period or the epoch
-                        index = s.since_decision_steps if interval else steps
                         self.step.observe_gradients_next = self.signals.should_observe(index)
+                    if self.signals.gns:
+                        self.step.gns_split_next = self.signals.should_split(index)
                     self.step(x, y)
                     offset += global_b
                     steps += 1
@@ -652,14 +658,18 @@ class Trainer:
         c, s = self.config, self.state
         sig = self.signals.end_epoch()
         s.period += 1
-        nonfinite = sig["nonfinite_steps"] > 0 or not all(
+        # a non-finite noise sample (a non-finite gradient norm) makes the period non-finite too
+        nonfinite = sig["nonfinite_steps"] > 0 or sig.get("gns_nonfinite", 0) > 0 or not all(
             v is not None and math.isfinite(v) for v in (sig["grad_var"], sig["grad_norm"], sig["loss"]))
-        signals = EpochSignals(s.period, sig["grad_var"], sig["grad_norm"], None if nonfinite else sig["loss"])
+        signals = EpochSignals(s.period, sig["grad_var"], sig["grad_norm"], None if nonfinite else sig["loss"],
+                               gns_g2=sig.get("gns_g2"), gns_trace=sig.get("gns_trace"))
         if self.dist.enabled:  # decided once on rank 0 and broadcast, so every rank makes the identical decision
             rec = self._broadcast_decision(signals)
         else:
             rec = self.policy.step(signals).to_dict()
         rec.update(steps=sig["steps"], nonfinite_steps=sig["nonfinite_steps"], epoch_of_period=period_end_epoch)
+        if self.signals.gns:
+            rec.update({k: sig[k] for k in NOISE_FIELDS})
         if c.decision_interval:
             # steps as counted here (per process); sig["steps"] sums over ranks
             rec.update(steps=s.since_decision_steps, samples=s.since_decision_samples, global_step=s.steps)
