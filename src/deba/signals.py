@@ -207,10 +207,7 @@ class GradientSignals:
 
     def __init__(self, params: Iterable[torch.Tensor], mode: str = "last", every: int = 1,
                  device: torch.device | str | None = None):
-        if mode not in SIGNAL_MODES:
-            raise DebaError(f"signals mode must be one of {', '.join(SIGNAL_MODES)}, got {mode!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise DebaError(f"signals every must be a positive integer, got {every!r}")
+        self._check_mode(mode, every)
         self.params = list(params)
         if device is None:
             if not self.params:
@@ -220,6 +217,21 @@ class GradientSignals:
         self.every = every
         self.device = torch.device(device)
         self._acc = torch.zeros(len(_ACC_NAMES), dtype=_wide_dtype(self.device), device=self.device)
+        # last mode: the period's gradient statistics, captured when the gradient was applied
+        self._last = torch.zeros(2, dtype=_wide_dtype(self.device), device=self.device)
+        self._captured = False
+
+    @staticmethod
+    def _check_mode(mode: str, every: int) -> None:
+        if mode not in SIGNAL_MODES:
+            raise DebaError(f"signals mode must be one of {', '.join(SIGNAL_MODES)}, got {mode!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise DebaError(f"signals every must be a positive integer, got {every!r}")
+
+    @staticmethod
+    def _check_state_mode(state: Mapping[str, Any], mode: str) -> None:
+        if state.get("mode") != mode:
+            raise DebaError(f"signals state is for mode {state.get('mode')!r}, this run uses {mode!r}")
 
     # Named views into the buffer (they share its storage, so in-place updates land in it).
     @property
@@ -286,9 +298,21 @@ class GradientSignals:
         self._acc[_VAR_SUM:].add_(update)
 
     @torch.no_grad()
+    def capture_last(self) -> None:
+        """last mode: keep the current gradient's variance and norm as the period's (device copy, no host
+        read); :meth:`end_epoch` then reports them instead of reading ``.grad``. Call it where the gradient
+        is about to be applied (before clipping), on the period's last step or on every step."""
+        if self.mode != "last":
+            return
+        var, norm = grad_stats(self.params)
+        self._last.copy_(torch.stack([var, norm]).to(device=self.device, dtype=self._last.dtype))
+        self._captured = True
+
+    @torch.no_grad()
     def reset(self) -> None:
         """Zero the accumulators in place (their addresses do not change)."""
         self._acc.zero_()
+        self._captured = False
 
     @torch.no_grad()
     def end_epoch(self, process_group: Any = None) -> dict[str, Any]:
@@ -299,7 +323,10 @@ class GradientSignals:
         over ranks when torch.distributed is initialised), and in epoch-avg mode also
         ``grad_observations`` and ``nonfinite_grad_observations``.
         """
-        if self.mode == "last":
+        source = "captured" if self._captured else "held"
+        if self.mode == "last" and self._captured:
+            stats = self._last
+        elif self.mode == "last":
             if not any(p.grad is not None for p in self.params):
                 raise DebaError("signals: no gradients held in .grad at the end of the epoch (mode 'last' "
                                 "reads the last step's gradients: do not set them to None before end_epoch)")
@@ -324,6 +351,8 @@ class GradientSignals:
             "steps": steps,
             "nonfinite_steps": nonfinite,
         }
+        if self.mode == "last":
+            out["grad_source"] = source  # captured at the last step, or read from .grad now
         if self.mode == "epoch-avg":
             out["grad_observations"] = int(acc["observed"]) + int(acc["nonfinite_observed"])
             out["nonfinite_grad_observations"] = int(acc["nonfinite_observed"])
@@ -332,15 +361,21 @@ class GradientSignals:
 
     def state_dict(self) -> dict[str, Any]:
         """Accumulators as Python numbers (for mid-epoch checkpoints); one host read."""
-        return {"mode": self.mode, "every": self.every, **dict(zip(_ACC_NAMES, self._acc.tolist()))}
+        state = {"mode": self.mode, "every": self.every, **dict(zip(_ACC_NAMES, self._acc.tolist()))}
+        if self._captured:
+            state["captured_last"] = self._last.tolist()
+        return state
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the accumulators in place. The mode must match: sums of another mode mean nothing here."""
-        if state.get("mode") != self.mode:
-            raise DebaError(f"signals state is for mode {state.get('mode')!r}, this run uses {self.mode!r}")
+        self._check_state_mode(state, self.mode)
         missing = [k for k in _ACC_NAMES if k not in state]
         if missing:
             raise DebaError(f"signals state lacks {', '.join(missing)}")
         values = torch.tensor([float(state[k]) for k in _ACC_NAMES], dtype=self._acc.dtype)
         self._acc.copy_(values)
+        last = state.get("captured_last")  # absent in states written before capture_last existed
+        self._captured = last is not None
+        if last is not None:
+            self._last.copy_(torch.tensor([float(v) for v in last], dtype=self._last.dtype))
