@@ -308,8 +308,8 @@ def _parse_dependencies(
         kinds = {k for k, _ in deps.get(arm, {}).values()}
         if "calibrate_from" in kinds:
             if not _uses_thresholds(ov.get("policy", "deba")):
-                raise DebaError(f"{source}: arms.{arm}: calibrated thresholds need a policy that reads thresholds "
-                                f"({', '.join(n for n in POLICIES if _uses_thresholds(n))})")
+                readers = " or ".join(n for n in POLICIES if _uses_thresholds(n))
+                raise DebaError(f"{source}: arms.{arm}: calibrated thresholds need policy {readers}")
             explicit = [k for k in ("theta_stab", "theta_conf", "universal_thresholds") if ov.get(k)]
             if explicit:
                 raise DebaError(
