@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import DebaError
 from ..models import MODEL_NAMES
 from ..policy import PRESETS
-from ..policy.registry import POLICIES
+from ._policy_args import policy_help
 from ..training import config as cfg
 from ..training.config import TrainConfig, load_config_file
 
@@ -72,7 +72,7 @@ def add_train_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = HELP.get(f.name, "")
         if f.name == "policy":  # read at parser build, so a policy registered later is listed too
-            help_text = "batch-size policy, one of: " + "; ".join(f"{n} ({s.summary})" for n, s in POLICIES.items())
+            help_text = policy_help()
         if f.name in CHOICES:
             help_text = f"{help_text}; one of: {', '.join(CHOICES[f.name])}".lstrip("; ")
         if kind == "bool":
