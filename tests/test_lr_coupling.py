@@ -202,3 +202,38 @@ def test_lightning_steps_a_one_cycle_schedule_by_samples(tmp_path):
     assert len(module.used) == 85
     np.testing.assert_allclose([lr for _, lr in module.used], [ref[seen // B0] for seen, _ in module.used],
                                rtol=1e-9)
+
+
+def test_lightning_couples_the_learning_rate_to_the_batch_size(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from deba.integrations.lightning import DebaCallback
+
+    class Data(pl.LightningDataModule):
+        batch_size = 8
+
+        def train_dataloader(self):
+            return DataLoader(dataset(), batch_size=self.batch_size)
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model()
+            self.used = []
+
+        def training_step(self, batch, batch_idx):
+            self.size = len(batch[0])
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def on_before_optimizer_step(self, optimizer):
+            self.used.append((self.size, optimizer.param_groups[0]["lr"]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    module = Module()
+    pl.Trainer(max_epochs=3, accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[DebaCallback(Script([8, 16, 4]), lr_scaling="sqrt")]).fit(module, datamodule=Data())
+    assert {b for b, _ in module.used} == {8, 16, 4}
+    for b, lr in module.used:
+        assert lr == pytest.approx(0.1 * math.sqrt(b / 8), rel=1e-12)

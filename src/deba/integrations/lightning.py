@@ -72,7 +72,7 @@ except ImportError as exc:  # Lightning is an optional extra
 import torch
 
 from ..errors import DebaError
-from ..lr_coupling import LRCoupling, is_supported, warn_not_driven
+from ..lr_coupling import LRCoupling, check_scaling, is_supported, warn_not_driven
 from ..period import PeriodLoop
 from ..policy import BatchSizePolicy, DecisionRecord
 from .loop import loader_batch_size
@@ -99,7 +99,7 @@ class DebaCallback(pl.Callback):
                  lr_scaling: str = "none", log: bool = True, log_prefix: str = "deba/"):
         if on_batch_size_change is not None and not callable(on_batch_size_change):
             raise DebaError("DebaCallback: on_batch_size_change must be callable as fn(trainer, pl_module, batch_size)")
-        LRCoupling(scaling=lr_scaling, where="DebaCallback")  # checks the name now, not at fit start
+        check_scaling(lr_scaling, "DebaCallback")  # now, not at fit start
         self.core = PeriodLoop(policy, signals_mode=signals_mode, every=every, resize=self._resize,
                                where="DebaCallback")
         self.signals_mode = signals_mode
