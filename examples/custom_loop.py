@@ -2,11 +2,11 @@
 
 A small MLP on a synthetic classification task, on the CPU in a few seconds. DebaController
 measures the gradient signals, steps the policy once per epoch and resizes the DataLoader in place;
-the learning rate follows a cosine schedule over samples seen, so it ends where it should whatever
-batch sizes the policy picks.
+the loader's own batch size (32) is the start. The cosine schedule is an ordinary torch scheduler,
+planned in steps at that size and stepped as usual: given to the controller, it is driven by samples
+seen, so it ends where it should whatever batch sizes the policy picks.
 """
 import argparse
-import math
 
 import torch
 from torch import nn
@@ -29,23 +29,24 @@ def main() -> None:
     model = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
-    # A model outside the paper's Table 1 needs explicit thresholds (calibrate them with `deba profile`).
-    policy = make_deba("paper-bounded", theta_stab=0.3, theta_conf=0.6, window=5, cooldown=1,
-                       start_batch=32, b_min=16, b_max=512)
-    deba = DebaController(policy, model.parameters(), loader=loader)  # resizes `loader` after each decision
-    total_samples = args.epochs * len(loader.dataset)
-    base_lr = optimizer.param_groups[0]["lr"]
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * len(loader))
+
+    # A model outside the paper's Table 1 needs explicit thresholds (calibrate them with `deba profile`);
+    # epochs= scales the paper's cooldown (10 of 100 epochs) to this run.
+    policy = make_deba("paper-bounded", theta_stab=0.3, theta_conf=0.6, window=5, b_min=16, b_max=512,
+                       epochs=args.epochs)
+    # resizes `loader` after each decision; sets the scheduler's lr from samples seen before each step
+    deba = DebaController(policy, model.parameters(), loader=loader, scheduler=scheduler)
 
     for epoch in range(args.epochs):
         for xb, yb in loader:  # each epoch iterates at the batch size the policy chose
-            lr = base_lr * 0.5 * (1 + math.cos(math.pi * deba.progress(total_samples)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(model(xb), yb)
             loss.backward()
             deba.after_backward(loss, samples=len(xb))  # device-side accumulation, no host sync
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
+            scheduler.step()
         record = deba.end_epoch(epoch)  # the one host read of the epoch
         print(f"epoch {epoch:3d}  batch {record.batch_size:4d} -> {record.next_batch_size:4d}  "
               f"loss {record.loss:.4f}  samples_seen {record.extra['samples_seen']:7d}  lr {lr:.4f}  "

@@ -2,8 +2,9 @@
 
 Needs Lightning: pip install 'deba[lightning]'. The datamodule exposes `batch_size` and builds its
 train loader from it; DebaCallback sets that attribute after each decision and has Lightning rebuild
-the loader for the next epoch. The learning rate follows a cosine schedule over samples seen (the
-callback counts them), which batch-size changes do not distort. The records are also logged
+the loader for the next epoch; the datamodule's own batch size (32) is the start. The cosine schedule
+is an ordinary per-step torch scheduler planned at that size; the callback drives it by samples seen,
+so batch-size changes do not distort it. The records are also logged
 (deba/batch_size, deba/conf, ...) to whatever logger the Trainer has; here they are printed.
 """
 import argparse
@@ -32,22 +33,19 @@ class SyntheticData(pl.LightningDataModule):
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, deba: DebaCallback, total_samples: int, lr: float = 0.05):
+    def __init__(self, planned_steps: int, lr: float = 0.05):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 10))
-        self.deba, self.total_samples, self.base_lr = deba, total_samples, lr
-
-    def on_train_batch_start(self, batch, batch_idx):
-        lr = self.base_lr * 0.5 * (1 + math.cos(math.pi * self.deba.progress(self.total_samples)))
-        for group in self.trainer.optimizers[0].param_groups:
-            group["lr"] = lr
+        self.planned_steps, self.base_lr = planned_steps, lr
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         return nn.functional.cross_entropy(self.net(x), y)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.base_lr, momentum=0.9)
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.base_lr, momentum=0.9)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.planned_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
 def main() -> None:
@@ -58,12 +56,13 @@ def main() -> None:
 
     pl.seed_everything(0, verbose=False)
     # A model outside the paper's Table 1 needs explicit thresholds (calibrate them with `deba profile`).
-    policy = make_deba("paper-bounded", theta_stab=0.3, theta_conf=0.6, window=5, cooldown=1,
-                       start_batch=32, b_min=16, b_max=512)
+    policy = make_deba("paper-bounded", theta_stab=0.3, theta_conf=0.6, window=5, b_min=16, b_max=512,
+                       epochs=args.epochs)
     deba = DebaCallback(policy)  # goes into Lightning checkpoints with the rest of the training state
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, callbacks=[deba], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(Classifier(deba, total_samples=args.epochs * args.samples), datamodule=SyntheticData(args.samples))
+    steps_at_start = args.epochs * math.ceil(args.samples / 32)  # the plan at the starting batch size
+    trainer.fit(Classifier(steps_at_start), datamodule=SyntheticData(args.samples))
     for record in deba.records:
         print(f"epoch {record.epoch:3d}  batch {record.batch_size:4d} -> {record.next_batch_size:4d}  "
               f"loss {record.loss:.4f}  samples_seen {record.extra['samples_seen']:7d}  "

@@ -220,7 +220,7 @@ CASES = [
     ("train-grow-1", [*DEBA, "--grow-factor", "1"], r"grow_factor must be > 1", ""),
     ("train-rollback-2", [*DEBA, "--rollback-factor", "2"], r"rollback_factor must be in \(0, 1\)", ""),
     ("train-theta-0", [*DEBA, "--theta-stab", "0"], r"theta_stab must be > 0", ""),
-    ("train-bmin-gt-bmax", [*DEBA, "--b-min", "100", "--b-max", "50"], r"must lie in \[b_min, b_max\]", ""),
+    ("train-bmin-gt-bmax", [*DEBA, "--b-min", "100", "--b-max", "50"], r"--b-min \(100\) must not exceed --b-max \(50\)", ""),
     ("train-milestones-0", [*TRAIN, "--policy", "step-grow", "--milestones", "0"], r"milestones >= 1", ""),
     ("train-step-grow-no-milestones", [*TRAIN, "--policy", "step-grow"], r"step-grow needs milestones", ""),
     # --- train: names

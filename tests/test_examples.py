@@ -31,7 +31,7 @@ def run_example(name: str, tmp_path: Path, epochs: int = 3, samples: int = 512) 
 @pytest.mark.slow
 def test_custom_loop_example_runs(tmp_path):
     rows = run_example("custom_loop.py", tmp_path)
-    assert rows[0][1] == 32  # the policy's start batch, applied to a loader built with 32
+    assert rows[0][1] == 32  # the loader's own batch size is the start
 
 
 @pytest.mark.slow

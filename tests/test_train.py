@@ -79,7 +79,7 @@ def test_cli_train_and_errors(tmp_path, capsys):
     assert "100000" in err(["train", "--arch", "tiny_cnn", "--dataset", "synthetic", "--start-batch", "100000",
                                  "--epochs", "1", "--quiet"])
     assert "policy" in err(["train", "--policy", "bogus"])
-    assert "b_min" in err(["train", "--arch", "tiny_cnn", "--dataset", "synthetic", "--b-min", "128", "--b-max", "64",
+    assert "--b-min (128)" in err(["train", "--arch", "tiny_cnn", "--dataset", "synthetic", "--b-min", "128", "--b-max", "64",
                            "--epochs", "1", "--quiet", "--theta-stab", "1", "--theta-conf", "1"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 2\nno_such_key: 1\n")

@@ -291,7 +291,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
                 result["records"].append(record)
                 if overhead:
                     result["overhead"].append(overhead)
-                extra = f", signals {overhead['overhead_pct']:+.2f}% of epoch" if overhead else ""
+                extra = f", signals {overhead_text(overhead['overhead_pct'])}" if overhead else ""
                 say(f"{arch} B={batch} {mode}: {record['step_ms']:.2f} ms/step, {record['epoch_s']:.2f} s/epoch{extra}")
             del model
             _free(device)
@@ -305,6 +305,20 @@ def _fmt(value: float, digits: int = 2) -> str:
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.{digits}f}"
+
+
+def overhead_text(pct: float) -> str:
+    """The signals' share of the epoch in words; below zero it is timing noise (the signalled step
+    cannot be faster than the plain one), said so rather than printed as a saving."""
+    if pct is None or not math.isfinite(pct):
+        return "overhead not measured"
+    if pct < 0:
+        return f"overhead below timing noise ({pct:+.2f}% measured)"
+    return f"{pct:+.2f}% of epoch"
+
+
+def _overhead_cell(pct: float) -> str:
+    return f"noise ({_fmt(pct)})" if pct is not None and math.isfinite(pct) and pct < 0 else _fmt(pct)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -323,7 +337,7 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["records"]:
         o = over.get((r["arch"], r["batch_size"], r["mode"]))
         lines.append(f"| {r['arch']} | {r['batch_size']} | {r['mode']} | {_fmt(r['step_ms'])} | {_fmt(r['epoch_s'])} "
-                     f"| {_fmt(r['images_per_s'], 0)} | {_fmt(o['overhead_pct']) if o else '-'} |")
+                     f"| {_fmt(r['images_per_s'], 0)} | {_overhead_cell(o['overhead_pct']) if o else '-'} |")
     sizes = sorted({r["batch_size"] for r in result["records"]})
     if result["records"]:
         lines += ["", "Seconds per epoch by batch size:", "",

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import DebaError
+from .errors import DebaError, on_cli
 
 COMMANDS = ["demo", "train", "replay", "calibrate", "profile", "bench", "study", "report"]
 
@@ -75,7 +75,8 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return 0 if argv is None and len(sys.argv) <= 1 else 2
     try:
-        return int(args._run(args) or 0)
+        with on_cli():
+            return int(args._run(args) or 0)
     except DebaError as e:
         print(f"deba {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -202,6 +202,12 @@ def read_signal_log(path: str | os.PathLike, required: Sequence[str] = ("epoch",
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise DebaError(f"{path}:{lineno}: field {k!r} must be a number, got {json.dumps(v)}")
+            if k != "epoch" and isinstance(v, int):
+                try:
+                    float(v)
+                except OverflowError:  # JSON integers have no bound; the signals are floats
+                    raise DebaError(f"{path}:{lineno}: field {k!r} is an integer too large for a float "
+                                    f"({len(str(abs(v)))} digits)") from None
         ep = obj["epoch"]
         if isinstance(ep, float):
             if not ep.is_integer():

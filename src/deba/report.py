@@ -8,7 +8,8 @@ Statistics (also written into report.md):
 - accuracy is the final-epoch test accuracy in percent; best-epoch accuracy is shown beside it;
 - "±" is the sample standard deviation over seeds (ddof=1), as the paper's "mean ± std over five seeds"
   most likely is; with one seed it is blank;
-- Δacc = mean final accuracy of the arm minus that of the fixed arm (same dataset, architecture, epochs);
+- Δacc = acc - acc_fixed paired per seed (same dataset, architecture, epochs), mean ± std over the paired
+  seeds, like the speedup beside it;
 - speedup = 1 - t / t_fixed paired per seed, mean ± std over the paired seeds (spec section 4); throughput =
   mean t_fixed / mean t over the same seeds (the paper's 778 s / 512 s = 1.5x); t is training time without
   evaluation; a group whose runs shared the device is labelled "shared xN" (N = concurrent_runs);
@@ -780,8 +781,9 @@ def table4(
         acc_m, acc_s = mean_std(acc)
         best_m, best_s = mean_std(best)
         t_m, t_s = mean_std(all_times)
-        base_acc_m = mean_std(float(r.summary["final_test_acc"]) for r in base)[0] if base else math.nan
         is_base = arm == base_arm
+        acc_seed, base_acc_seed = _first_per_seed(done, "final_test_acc"), _first_per_seed(base, "final_test_acc")
+        d_acc = mean_std(acc_seed[k] - base_acc_seed[k] for k in sorted(set(acc_seed) & set(base_acc_seed)))
         pair = paired_speedup(times, base_times) if base and not is_base else {}
         shared = max([r.concurrent_runs for r in done] or [1])
         shared_pair = max([shared] + [r.concurrent_runs for r in base])
@@ -799,7 +801,8 @@ def table4(
             "acc_std": acc_s,
             "best_acc_mean": best_m,
             "best_acc_std": best_s,
-            "delta_acc": math.nan if is_base or not base else acc_m - base_acc_m,
+            "delta_acc": math.nan if is_base or not base else d_acc[0],
+            "delta_acc_std": math.nan if is_base or not base else d_acc[1],
             "time_s_mean": t_m,
             "time_s_std": t_s,
             "speedup_pct": pair.get("speedup_pct", math.nan),

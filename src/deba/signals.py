@@ -284,10 +284,7 @@ class GradientSignals:
 
     def __init__(self, params: Iterable[torch.Tensor], mode: str = "last", every: int = 1,
                  device: torch.device | str | None = None, gns: bool = False, gns_every: int = 1):
-        if mode not in SIGNAL_MODES:
-            raise DebaError(f"signals mode must be one of {', '.join(SIGNAL_MODES)}, got {mode!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise DebaError(f"signals every must be a positive integer, got {every!r}")
+        self._check_mode(mode, every)
         if isinstance(gns_every, bool) or not isinstance(gns_every, int) or gns_every < 1:
             raise DebaError(f"gns_every must be a positive integer, got {gns_every!r}")
         self.params = list(params)
@@ -305,6 +302,21 @@ class GradientSignals:
         self._gns = torch.zeros(len(_GNS_NAMES), dtype=_wide_dtype(self.device), device=self.device)
         self._small_sq = torch.zeros((), dtype=_wide_dtype(self.device), device=self.device)
         self.gns_sizes: tuple[int, int] | None = None  # (b_small, b_big) of the last sample (host-side)
+        # last mode: the period's gradient statistics, captured when the gradient was applied
+        self._last = torch.zeros(2, dtype=_wide_dtype(self.device), device=self.device)
+        self._captured = False
+
+    @staticmethod
+    def _check_mode(mode: str, every: int) -> None:
+        if mode not in SIGNAL_MODES:
+            raise DebaError(f"signals mode must be one of {', '.join(SIGNAL_MODES)}, got {mode!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise DebaError(f"signals every must be a positive integer, got {every!r}")
+
+    @staticmethod
+    def _check_state_mode(state: Mapping[str, Any], mode: str) -> None:
+        if state.get("mode") != mode:
+            raise DebaError(f"signals state is for mode {state.get('mode')!r}, this run uses {mode!r}")
 
     # Named views into the buffer (they share its storage, so in-place updates land in it).
     @property
@@ -396,10 +408,22 @@ class GradientSignals:
         self.gns_sizes = (int(b_small), int(b_big))
 
     @torch.no_grad()
+    def capture_last(self) -> None:
+        """last mode: keep the current gradient's variance and norm as the period's (device copy, no host
+        read); :meth:`end_epoch` then reports them instead of reading ``.grad``. Call it where the gradient
+        is about to be applied (before clipping), on the period's last step or on every step."""
+        if self.mode != "last":
+            return
+        var, norm = grad_stats(self.params)
+        self._last.copy_(torch.stack([var, norm]).to(device=self.device, dtype=self._last.dtype))
+        self._captured = True
+
+    @torch.no_grad()
     def reset(self) -> None:
         """Zero the accumulators in place (their addresses do not change)."""
         self._acc.zero_()
         self._gns.zero_()
+        self._captured = False
 
     @torch.no_grad()
     def end_epoch(self, process_group: Any = None) -> dict[str, Any]:
@@ -410,7 +434,10 @@ class GradientSignals:
         over ranks when torch.distributed is initialised), and in epoch-avg mode also
         ``grad_observations`` and ``nonfinite_grad_observations``.
         """
-        if self.mode == "last":
+        source = "captured" if self._captured else "held"
+        if self.mode == "last" and self._captured:
+            stats = self._last
+        elif self.mode == "last":
             if not any(p.grad is not None for p in self.params):
                 raise DebaError("signals: no gradients held in .grad at the end of the epoch (mode 'last' "
                                 "reads the last step's gradients: do not set them to None before end_epoch)")
@@ -438,6 +465,8 @@ class GradientSignals:
             "steps": steps,
             "nonfinite_steps": nonfinite,
         }
+        if self.mode == "last":
+            out["grad_source"] = source  # captured at the last step, or read from .grad now
         if self.mode == "epoch-avg":
             out["grad_observations"] = int(acc["observed"]) + int(acc["nonfinite_observed"])
             out["nonfinite_grad_observations"] = int(acc["nonfinite_observed"])
@@ -460,13 +489,14 @@ class GradientSignals:
         if self.gns:
             state.update(zip(_GNS_NAMES, self._gns.tolist()))
             state["gns_sizes"] = list(self.gns_sizes) if self.gns_sizes else None
+        if self._captured:
+            state["captured_last"] = self._last.tolist()
         return state
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the accumulators in place. The mode must match: sums of another mode mean nothing here."""
-        if state.get("mode") != self.mode:
-            raise DebaError(f"signals state is for mode {state.get('mode')!r}, this run uses {self.mode!r}")
+        self._check_state_mode(state, self.mode)
         missing = [k for k in _ACC_NAMES if k not in state]
         if missing:
             raise DebaError(f"signals state lacks {', '.join(missing)}")
@@ -476,3 +506,7 @@ class GradientSignals:
         self._gns.copy_(torch.tensor([float(state.get(k, 0.0)) for k in _GNS_NAMES], dtype=self._gns.dtype))
         sizes = state.get("gns_sizes")
         self.gns_sizes = (int(sizes[0]), int(sizes[1])) if sizes else None
+        last = state.get("captured_last")  # absent in states written before capture_last existed
+        self._captured = last is not None
+        if last is not None:
+            self._last.copy_(torch.tensor([float(v) for v in last], dtype=self._last.dtype))

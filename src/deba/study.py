@@ -54,7 +54,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .errors import DebaError
+from .errors import DebaError, option
+from .policy.registry import POLICIES
 from .logio import atomic_write_text, check_output_file, dumps, make_dir, read_text_input
 from .training.config import TrainConfig
 
@@ -306,8 +307,9 @@ def _parse_dependencies(
             del ov[key]
         kinds = {k for k, _ in deps.get(arm, {}).values()}
         if "calibrate_from" in kinds:
-            if ov.get("policy", "deba") != "deba":
-                raise DebaError(f"{source}: arms.{arm}: calibrated thresholds need policy deba")
+            if not _uses_thresholds(ov.get("policy", "deba")):
+                readers = " or ".join(n for n in POLICIES if _uses_thresholds(n))
+                raise DebaError(f"{source}: arms.{arm}: calibrated thresholds need policy {readers}")
             explicit = [k for k in ("theta_stab", "theta_conf", "universal_thresholds") if ov.get(k)]
             if explicit:
                 raise DebaError(
@@ -360,10 +362,15 @@ def load_spec(path: str | os.PathLike, data_overrides: Mapping[str, str] | None 
     return spec
 
 
+def _uses_thresholds(policy: Any) -> bool:
+    spec = POLICIES.get(policy) if isinstance(policy, str) else None
+    return spec is not None and spec.uses_thresholds
+
+
 def _check_policy_thresholds(cfg: TrainConfig, source: str, thresholds_coming: bool = False) -> None:
     """A DEBA run on a model the presets have no thresholds for would fail only once started: fail now."""
     if cfg.policy != "deba" or cfg.thresholds or cfg.model or thresholds_coming:
-        return
+        return  # the DEBA presets are what hold per-architecture thresholds
     from .policy import DEFAULT_PRESET, deba_config
 
     try:
@@ -818,7 +825,7 @@ def run_study(
     needed run failed here, it is ``blocked``.
     """
     if parallel < 1:
-        raise DebaError(f"--parallel must be >= 1, got {parallel}")
+        raise DebaError(f"{option('parallel')} must be >= 1, got {parallel}")
     log = log or (lambda s: print(s, flush=True))
     out = Path(out)
     train_command = list(train_command or default_train_command())

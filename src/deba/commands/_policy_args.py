@@ -18,6 +18,7 @@ from ..policy import (
     DebaPolicy,
     make_deba,
 )
+from ..policy.registry import POLICIES
 
 # DebaConfig field -> CLI flag, so that a validation message names the option the user typed
 _SETTINGS = (
@@ -117,6 +118,12 @@ def add_policy_options(
         help="rollback: B -> floor(F * B) (default 0.8)",
     )
     return g
+
+
+def policy_help() -> str:
+    """--policy's help, from the registry as it stands when the parser is built (a policy registered by a
+    plug-in module is listed too)."""
+    return "batch-size policy, one of: " + "; ".join(f"{name} ({spec.summary})" for name, spec in POLICIES.items())
 
 
 def _known_archs() -> str:

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..errors import DebaError
+from ..models import MODEL_NAMES
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -23,18 +24,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="time the training step (eager and CUDA graph) per architecture and batch size",
         description="Time one SGD training step on random data already on the device, per architecture, batch "
         "size and mode (eager, graph), and model the epoch as step time x (50000 // B). Also measures DEBA's "
-        "overhead (signal accumulation every step plus the end-of-epoch read) as %% of the epoch. Defaults on "
+        "overhead (signal accumulation every step plus the end-of-epoch read) as % of the epoch (below zero: timing noise). Defaults on "
         "CUDA: the paper's six models at B 64..2048, eager and graph; on the CPU: tiny_cnn and resnet18 at B 8, "
         "16, eager only.",
     )
-    p.add_argument("--arch", nargs="+", metavar="ARCH", help="architectures (torchvision names, tiny_cnn, or "
-                   "package.module:function); space or comma separated")
+    p.add_argument("--arch", nargs="+", metavar="ARCH", help="architectures, space or comma separated: "
+                   f"{', '.join(MODEL_NAMES)}, or package.module:function")
     p.add_argument("--batch-sizes", nargs="+", metavar="B", help="batch sizes, space or comma separated")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--modes", nargs="+", metavar="MODE", help="eager, graph (graph needs CUDA; skipped elsewhere)")
+    p.add_argument("--device", default="auto", help="one of: auto (CUDA when available), cpu, cuda, cuda:N (default: auto)")
+    p.add_argument("--modes", nargs="+", metavar="MODE", help="one or more of: eager, graph (graph needs CUDA; skipped elsewhere)")
     p.add_argument("--steps", type=int, metavar="N", help="timed steps per measurement (default 50 on CUDA, 5 on CPU)")
     p.add_argument("--warmup", type=int, metavar="N", help="untimed steps first (default 10 on CUDA, 2 on CPU)")
-    p.add_argument("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast around forward and loss")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"],
+                   help="one of: none, bf16 (autocast around forward and loss; default: none)")
     p.add_argument("--channels-last", action="store_true", help="model and inputs in channels_last memory format")
     p.add_argument("--epoch-samples", type=int, default=50_000, metavar="N",
                    help="images per epoch for the modelled epoch time (default: CIFAR's 50000)")

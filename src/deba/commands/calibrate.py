@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from ..errors import DebaError
+from ..policy import PRESETS, TABLE1_THRESHOLDS
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -21,8 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=15, metavar="N", help="window of grad_var values for conf (default 15)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the readable report")
     p.add_argument("--arch", metavar="ARCH",
-                   help="torchvision architecture name: show the paper's Table 1 and Table 2 values beside ours and "
-                        "record it in the thresholds file")
+                   help="architecture: show the paper's Table 1 and Table 2 values beside ours (known: "
+                        f"{', '.join(sorted(TABLE1_THRESHOLDS))}) and record it in the thresholds file")
     p.add_argument("--write-thresholds", metavar="FILE",
                    help="write a thresholds file for `deba train --thresholds FILE`")
     return p
@@ -76,6 +78,16 @@ def format_report(report: dict) -> str:
     return "\n".join(L)
 
 
+def next_command(args: argparse.Namespace) -> str:
+    """The `deba train` command that uses the thresholds just written, as it must be typed: the preset that
+    reads conf the way they were calibrated (ratio: paper; bounded: paper-bounded), else train refuses them."""
+    preset = next(name for name, p in PRESETS.items() if p["conf_mode"] == args.conf)
+    words = ["deba", "train", "--policy", "deba", "--preset", preset, "--thresholds", args.write_thresholds]
+    if args.arch:
+        words += ["--arch", args.arch]
+    return shlex.join(words)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..calibration import calibrate, paper_values, write_thresholds_file
     from ..policy.base import MAX_WINDOW
@@ -102,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(report))
     if args.write_thresholds:
         # stdout stays one JSON object with --json, so the note goes to stderr there
-        print(f"thresholds written to {args.write_thresholds} (use: deba train --thresholds {args.write_thresholds})",
+        print(f"thresholds written to {args.write_thresholds} (use: {next_command(args)})",
               file=sys.stderr if args.json else sys.stdout)
     return 0
 

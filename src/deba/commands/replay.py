@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from ..errors import DebaError
 from ..logio import read_signal_log, same_file, write_jsonl
-from ..policy import BatchSizePolicy, DecisionRecord, EpochSignals
+from ..policy import TABLE1_THRESHOLDS, BatchSizePolicy, DecisionRecord, EpochSignals
 from ._policy_args import add_policy_options, describe_policy, policy_from_args
 
 
@@ -33,8 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         metavar="ARCH",
-        help="torchvision architecture name, for the paper's Table 1 thresholds (not needed when "
-        "--theta-stab and --theta-conf are both given)",
+        help="architecture for the paper's Table 1 thresholds, one of: "
+        f"{', '.join(sorted(TABLE1_THRESHOLDS))}, mobilenet_v3 (not needed when --theta-stab and "
+        "--theta-conf are both given)",
     )
     p.add_argument("--out", metavar="DECISIONS.jsonl", help="write one decision record per epoch as JSONL")
     add_policy_options(p)

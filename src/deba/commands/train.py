@@ -8,34 +8,50 @@ import sys
 from pathlib import Path
 
 from ..errors import DebaError
+from ..models import MODEL_NAMES
+from ..policy import PRESETS
+from ._policy_args import policy_help
+from ..training import config as cfg
 from ..training.config import TrainConfig, load_config_file
+
+# the values a closed option accepts, listed in its --help
+CHOICES = {
+    "lr_schedule": cfg.LR_SCHEDULES, "lr_scaling": cfg.LR_SCALINGS, "graphs": cfg.GRAPH_MODES, "amp": cfg.AMP_MODES,
+    "signals_mode": cfg.SIGNAL_MODES, "nonfinite_action": cfg.NONFINITE_ACTIONS,
+    "decision_interval_unit": cfg.INTERVAL_UNITS, "var_scaling": ("none", "batch"), "preset": tuple(PRESETS),
+    "dataset": ("cifar10", "cifar100", "synthetic"), "device": ("auto", "cpu", "cuda", "cuda:N"),
+    "arch": MODEL_NAMES,
+}
 
 HELP = {
     "var_scaling": "DEBA: none (the paper) or batch: the confidence sees grad_var x B / start batch, so a change "
                    "of batch size does not by itself push the next decision the same way (ours)",
-    "arch": "torchvision architecture (resnet18, resnet50, densenet121, efficientnet_b0, mobilenet_v3_large, "
-            "mobilenet_v3_small, vit_b_16) or tiny_cnn",
+    "arch": "torchvision architecture, or tiny_cnn / tiny_mlp (small models for tests and CPU runs)",
     "model": "a user's own model constructor, package.module:function (called with num_classes=...)",
-    "dataset": "cifar10, cifar100 or synthetic (generated)",
+    "dataset": "synthetic is generated data",
     "data": "folder holding cifar-10-batches-py / cifar-100-python, or the offline cifar10-jpeg.npz",
-    "policy": "batch-size policy: fixed, deba, step-grow, seesaw (batch x2 where a cosine lr halves; use with "
-              "--lr-schedule cosine --lr-scaling sqrt), gns (toward a multiple of the gradient noise scale)",
     "gns": "measure the gradient noise scale (gns_g2, gns_trace, b_simple in every period record); on for "
            "--policy gns",
     "gns_every": "noise scale: train every k-th step of a period as two micro-batches to read two gradient sizes",
     "target_factor": "gns: target batch = this x the smoothed noise scale B_noise (default 0.5)",
     "noise_smoothing": "gns: weight of the newest period in the moving averages of |G|^2 and tr(Sigma) "
                        "(1 = none; default 0.5)",
-    "preset": "DEBA preset: paper (literal) or paper-bounded (default)",
+    "preset": "DEBA preset: paper (literal) or paper-bounded",
+    "lr_schedule": "learning rate over training progress counted in samples (cosine decays to 0)",
+    "signals_mode": "last: the gradient of each epoch's last step (the paper); epoch-avg: averaged over steps",
+    "amp": "bf16 autocast around forward and loss",
+    "device": "auto is CUDA when available",
+    "epochs": "epochs to train; DEBA's cooldown (10, set for 100 epochs) is scaled to c x epochs/100, rounded up, "
+              "unless --cooldown is given",
     "thresholds": "thresholds JSON from `deba profile` or `deba calibrate --write-thresholds`",
-    "graphs": "capture the training step in CUDA graphs: auto (on for CUDA), on, off",
+    "graphs": "capture the training step in CUDA graphs (auto: on for CUDA)",
     "decision_interval": "decide every N steps (or samples) instead of every epoch (window and cooldown count "
                          "periods; a period may straddle epochs)",
     "decision_interval_unit": "what --decision-interval counts: steps or samples (summed over processes)",
     "micro_batch": "reach large batches by gradient accumulation over micro-batches of this size (per process)",
     "accumulate": "on out of memory keep the policy's batch size and halve the micro-batch until a step fits "
                   "(remembered for the run) instead of capping B_max",
-    "lr_scaling": "scale the learning rate with batch size / start batch: none, linear, sqrt",
+    "lr_scaling": "scale the learning rate with (batch size / start batch)^p: none (p=0), sqrt (1/2), linear (1)",
     "nonfinite_action": "on a non-finite epoch: skip (discard the epoch, go on) or stop",
 }
 
@@ -61,6 +77,10 @@ def add_train_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
         kind = _field_type(f)
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = HELP.get(f.name, "")
+        if f.name == "policy":  # read at parser build, so a policy registered later is listed too
+            help_text = policy_help()
+        if f.name in CHOICES:
+            help_text = f"{help_text}; one of: {', '.join(CHOICES[f.name])}".lstrip("; ")
         if kind == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=(help_text + f" (default: {default})").strip())

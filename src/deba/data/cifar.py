@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DebaError
+from ..errors import DebaError, option
 from .dataset import ArrayDataset, channel_stats
 
 NPZ_NAME = "cifar10-jpeg.npz"
@@ -137,8 +137,8 @@ def read_cifar_folder(folder: str | os.PathLike, name: str = "cifar10") -> Array
     missing = _missing_files(folder, spec)
     if missing:
         raise DebaError(
-            f"{folder} is incomplete (missing {', '.join(missing)}); pass --download to fetch "
-            f"{spec.title} again, or point --data at a complete copy"
+            f"{folder} is incomplete (missing {', '.join(missing)}); pass {option('download')} to fetch "
+            f"{spec.title} again, or point {option('data')} at a complete copy"
         )
     train_x, train_y = _read_split(folder, spec.train_files, spec.label_key)
     test_x, test_y = _read_split(folder, spec.test_files, spec.label_key)
@@ -340,14 +340,14 @@ def load_cifar(
             return load_jpeg_npz(archive, cache)
     if download:
         if download_root is None:
-            raise DebaError(f"--download needs a folder for --data, not the archive {data}")
+            raise DebaError(f"{option('download')} needs a folder for {option('data')}, not the archive {data}")
         _download(spec, download_root)
         return read_cifar_folder(download_root / spec.folder, name)
     looked = ", ".join(str(p) for p in (*folders, *archives))
     offline = f" or the offline {NPZ_NAME}" if name == "cifar10" else ""
     raise DebaError(
-        f"no {spec.title} data found (looked for {looked}); pass --data with a folder holding "
-        f"{spec.folder}{offline}, or --download"
+        f"no {spec.title} data found (looked for {looked}); pass {option('data')} with a folder holding "
+        f"{spec.folder}{offline}, or {option('download')}"
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DebaError
+from ..errors import DebaError, option
 
 DATASET_NAMES = ("cifar10", "cifar100", "synthetic")
 
@@ -78,9 +78,9 @@ def channel_stats(x: np.ndarray | torch.Tensor) -> tuple[tuple[float, ...], tupl
 def subset_indices(n: int, subset: int, subset_seed: int = 0) -> torch.Tensor:
     """``subset`` distinct indices of [0, n), drawn by a generator seeded with ``subset_seed`` only, sorted."""
     if isinstance(subset, bool) or int(subset) != subset or subset < 1:
-        raise DebaError(f"--subset must be a positive integer, got {subset!r}")
+        raise DebaError(f"{option('subset')} must be a positive integer, got {subset!r}")
     if subset > n:
-        raise DebaError(f"--subset {subset} is larger than the {n} training images")
+        raise DebaError(f"{option('subset')} {subset} is larger than the {n} training images")
     g = torch.Generator()
     g.manual_seed(int(subset_seed))
     return torch.randperm(n, generator=g)[: int(subset)].sort().values
@@ -142,7 +142,7 @@ def load_dataset(
         from .synthetic import make_synthetic
 
         if data is not None:
-            raise DebaError("the synthetic dataset is generated: do not pass --data with it")
+            raise DebaError(f"the synthetic dataset is generated: do not pass {option('data')} with it")
         n_train, n_test = synthetic_size if synthetic_size is not None else (2000, 500)
         ds = make_synthetic(n_train=n_train, n_test=n_test)
     elif key in ("cifar10", "cifar100"):

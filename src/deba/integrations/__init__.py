@@ -1,4 +1,5 @@
-"""DEBA in training code you already have.
+"""DEBA in training code you already have: thin faces over :class:`deba.period.PeriodLoop`, the one
+place where a period is closed, decided and applied.
 
 * :mod:`deba.integrations.loop`: :class:`DebaController` for a plain PyTorch loop, and
   :func:`set_loader_batch_size` to resize a ``DataLoader`` in place.

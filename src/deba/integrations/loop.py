@@ -4,18 +4,18 @@
 device (:class:`deba.signals.GradientSignals`), a batch-size policy (:mod:`deba.policy`) and the
 user's data loader. Where the calls go::
 
-    policy = make_deba("paper-bounded", theta_stab=0.3, theta_conf=0.6, start_batch=32)
-    loader = DataLoader(dataset, batch_size=32, shuffle=True)
-    deba = DebaController(policy, model.parameters(), loader=loader)
+    policy = make_deba("paper-bounded", theta_stab=0.3, theta_conf=0.6, epochs=epochs)
+    loader = DataLoader(dataset, batch_size=32, shuffle=True)  # 32 is the start (the policy's default yields)
+    scheduler = OneCycleLR(optimizer, max_lr=0.1, total_steps=epochs * len(loader))
+    deba = DebaController(policy, model.parameters(), loader=loader, scheduler=scheduler)
     for epoch in range(epochs):
         for x, y in loader:                      # iter(loader) picks up the current batch size
-            for group in optimizer.param_groups:  # schedules keyed to samples seen survive B changes
-                group["lr"] = base_lr * 0.5 * (1 + math.cos(math.pi * deba.progress(total_samples)))
             optimizer.zero_grad()
             loss = criterion(model(x), y)
             loss.backward()
-            deba.after_backward(loss, samples=len(x))
+            deba.after_backward(loss, samples=len(x))  # also sets the scheduler's lr from samples seen
             optimizer.step()
+            scheduler.step()
         record = deba.end_epoch(epoch)           # the one host read; resizes `loader` for the next epoch
 
 How a decision reaches the loader. A ``DataLoader`` built with ``batch_size=B`` draws its batches
@@ -30,7 +30,8 @@ iterator re-iterates the batch sampler at the start of every epoch). Caveats:
 * ``loader.batch_size`` keeps the value the loader was built with (``DataLoader`` forbids setting
   it); read ``loader.batch_sampler.batch_size`` or :attr:`DebaController.batch_size` instead;
 * ``len(loader)`` follows the new size, so compute anything derived from it (steps per epoch,
-  a step-based LR schedule) after the change, or better count in samples (:meth:`DebaController.progress`);
+  a step-based LR schedule) before the first change, or count in samples (:meth:`DebaController.progress`);
+  a scheduler given as ``scheduler=`` is driven by samples seen (:mod:`deba.lr_coupling`);
 * a loader built with ``batch_size=None`` or with its own ``batch_sampler`` that has no
   ``batch_size`` attribute cannot be resized in place: :func:`set_loader_batch_size` raises
   :class:`deba.errors.DebaError`. Pass ``on_batch_size_change=`` to the controller instead (a
@@ -48,10 +49,9 @@ from typing import Any
 import torch
 
 from ..errors import DebaError
-from ..policy import BatchSizePolicy, DecisionRecord, EpochSignals
-from ..signals import GradientSignals
-
-STATE_VERSION = 1
+from ..lr_coupling import LRCoupling
+from ..period import PeriodLoop
+from ..policy import BatchSizePolicy, DecisionRecord
 
 
 def _check_batch_size(batch_size: Any, where: str) -> int:
@@ -98,39 +98,53 @@ def set_loader_batch_size(loader: Any, batch_size: int) -> None:
 
 
 class DebaController:
-    """Runs a batch-size policy inside a custom PyTorch training loop.
+    """Runs a batch-size policy inside a custom PyTorch training loop: a thin face over
+    :class:`deba.period.PeriodLoop`, which closes each epoch and applies the decision.
 
     ``policy``: any :class:`deba.policy.BatchSizePolicy` (``make_deba(...)``, ``FixedPolicy``, ...).
     ``parameters``: the model's parameters (their gradients feed the signals).
-    ``signals_mode``: ``"last"`` (the paper: statistics of the epoch's last step, read from ``.grad``
-    in :meth:`end_epoch`, so do not set gradients to None between the last step and it) or
-    ``"epoch-avg"`` (averaged over the steps, every ``every``-th step observed in :meth:`after_backward`).
-    ``loader``: a loader resized in place whenever the policy changes the batch size (and once
-    here, to the policy's starting size). ``on_batch_size_change``: called with the new batch size
-    whenever it changes, after the loader (if any) has been resized.
+    ``signals_mode``: ``"last"`` (the paper: statistics of the epoch's last step; captured at that
+    step's :meth:`after_backward` when ``loader`` has a length, else read from ``.grad`` in
+    :meth:`end_epoch`, so do not zero the gradients between the last step and it) or ``"epoch-avg"``
+    (averaged over the steps, every ``every``-th step observed in :meth:`after_backward`).
+    ``loader``: a loader resized in place whenever the policy changes the batch size. Its own batch size
+    is the start unless the policy was given ``start_batch`` (then the policy's wins, with a warning).
+    ``on_batch_size_change``: called with the new batch size whenever it changes, after the loader.
+    ``scheduler``: a learning-rate scheduler you step once per optimiser step, driven by samples seen so
+    its shape survives batch-size changes (types in :data:`deba.lr_coupling.SUPPORTED`).
+    ``optimizer`` and ``lr_scaling`` (none, sqrt, linear): the learning rate times (B / B0)^p.
     """
 
     def __init__(self, policy: BatchSizePolicy, parameters: Iterable[torch.Tensor], *, signals_mode: str = "last",
-                 every: int = 1, loader: Any = None, on_batch_size_change: Callable[[int], Any] | None = None):
-        if not isinstance(policy, BatchSizePolicy):
-            raise DebaError(f"DebaController: policy must be a deba BatchSizePolicy, got {type(policy).__name__}")
+                 every: int = 1, loader: Any = None, on_batch_size_change: Callable[[int], Any] | None = None,
+                 scheduler: Any = None, optimizer: torch.optim.Optimizer | None = None, lr_scaling: str = "none"):
         if on_batch_size_change is not None and not callable(on_batch_size_change):
             raise DebaError("DebaController: on_batch_size_change must be callable with the new batch size")
-        self.policy = policy
-        self.signals = GradientSignals(parameters, mode=signals_mode, every=every)
         self.loader = loader
         self.on_batch_size_change = on_batch_size_change
-        self.samples_seen = 0          # over the whole run, the unit of progress
-        self.epoch_samples = 0         # in the epoch under way
-        self.epoch_steps = 0
-        self.last_record: DecisionRecord | None = None
+        schedulers = [] if scheduler is None else [scheduler]
+        lr = LRCoupling(optimizer, schedulers, scaling=lr_scaling, where="DebaController")
+        self.core = PeriodLoop(policy, signals_mode=signals_mode, every=every, resize=self._resize,
+                               lr=lr if lr.active else None, where="DebaController")
+        self.core.attach(parameters)
+        self._applied: int | None = None
         if loader is not None:
-            set_loader_batch_size(loader, policy.batch_size)
+            self.core.start(loader_batch_size(loader), "the loader")
+            self._resize(policy.batch_size)
+        self._applied = policy.batch_size
+
+    # the core's state, read where users read it
+    policy = property(lambda self: self.core.policy)
+    signals = property(lambda self: self.core.signals)
+    samples_seen = property(lambda self: self.core.samples_seen)
+    epoch_samples = property(lambda self: self.core.epoch_samples)
+    epoch_steps = property(lambda self: self.core.epoch_steps)
+    last_record = property(lambda self: self.core.last_record)
 
     @property
     def batch_size(self) -> int:
         """The batch size to train the current (next) epoch at."""
-        return self.policy.batch_size
+        return self.core.batch_size
 
     def progress(self, total_samples: int) -> float:
         """Fraction of training done, ``samples_seen / total_samples`` clipped to [0, 1].
@@ -138,25 +152,28 @@ class DebaController:
         ``total_samples`` is the planned amount of training in samples (epochs x dataset size), so an
         LR schedule driven by it ends where it should whatever batch sizes the policy chose.
         """
-        if isinstance(total_samples, bool) or not isinstance(total_samples, (int, float)) or not total_samples > 0:
-            raise DebaError(f"progress: total_samples must be a positive number, got {total_samples!r}")
-        return min(1.0, max(0.0, self.samples_seen / total_samples))
+        return self.core.progress(total_samples)
 
     def after_backward(self, loss: torch.Tensor, samples: int | None = None) -> None:
-        """Record one optimisation step: call after ``backward()`` (after ``unscale_`` with a GradScaler).
+        """Record one optimisation step: call after ``backward()`` (after ``unscale_`` with a GradScaler),
+        before any gradient clipping and ``optimizer.step()``.
 
         ``loss``: the step's loss tensor (its mean is taken; it stays on the device).
         ``samples``: how many samples the step trained on (``len(x)``); defaults to the current batch
         size, which over-counts a final partial batch when the loader does not drop it.
         """
-        self.signals.observe_loss(loss)
-        self.signals.observe_gradients(self.epoch_steps)  # no-op in "last" mode; gated by `every`
         n = self.batch_size if samples is None else samples
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise DebaError(f"after_backward: samples must be a non-negative integer, got {samples!r}")
-        self.epoch_steps += 1
-        self.epoch_samples += n
-        self.samples_seen += n
+        self.core.before_step()
+        self.core.observe_step(loss, n)
+        self.core.observe_gradients(last_of_period=self._is_last_step())
+
+    def _is_last_step(self) -> bool:
+        try:
+            return self.loader is not None and self.core.epoch_steps >= len(self.loader)
+        except TypeError:  # an iterable without a length: the gradient is read at end_epoch
+            return False
 
     def end_epoch(self, epoch: int | None = None) -> DecisionRecord:
         """Close the epoch: read the signals (one host read), step the policy, resize the loader.
@@ -164,26 +181,14 @@ class DebaController:
         ``epoch`` defaults to the one after the policy's last (0 for the first). The record's
         ``extra`` carries ``steps``, ``samples`` (this epoch), ``samples_seen`` (cumulative, the
         x-axis for loss curves that stay comparable across batch-size changes) and ``nonfinite_steps``.
+        An epoch with a non-finite loss or gradient holds and is flagged ``non_finite``.
         """
-        if self.epoch_steps == 0:
-            raise DebaError("end_epoch: no step was recorded this epoch (call after_backward(loss) after each backward)")
-        last = self.policy.last_epoch
-        if epoch is None:
-            epoch = 0 if last is None else last + 1
-        elif isinstance(epoch, bool) or not isinstance(epoch, int) or (last is not None and epoch != last + 1):
-            # checked before the signals are read, so a wrong call loses nothing
-            raise DebaError(f"end_epoch: epochs must be consecutive integers, got {epoch!r} after {last!r}")
-        stats = self.signals.end_epoch()
-        record = self.policy.step(EpochSignals(epoch=epoch, grad_var=stats["grad_var"],
-                                               grad_norm=stats["grad_norm"], loss=stats["loss"]))
-        record.extra.update(steps=self.epoch_steps, samples=self.epoch_samples, samples_seen=self.samples_seen,
-                            nonfinite_steps=stats["nonfinite_steps"])
-        self.epoch_steps = 0
-        self.epoch_samples = 0
-        self.last_record = record
-        if record.next_batch_size != record.batch_size:
-            self._propagate(record.next_batch_size)
-        return record
+        return self.core.close(epoch)
+
+    def cap_batch_size(self, largest_working: int) -> int:
+        """After an out-of-memory error at the current size: B_max becomes ``largest_working`` for the rest
+        of the run and the loader shrinks to it at once. Returns the batch size to continue at."""
+        return self.core.cap_batch_size(largest_working)
 
     def apply(self, loader: Any) -> int:
         """Set ``loader``'s batch size to the policy's current one, in place; returns it.
@@ -193,39 +198,18 @@ class DebaController:
         set_loader_batch_size(loader, self.batch_size)
         return self.batch_size
 
-    def _propagate(self, batch_size: int) -> None:
+    def _resize(self, batch_size: int) -> None:
         if self.loader is not None:
             set_loader_batch_size(self.loader, batch_size)
-        if self.on_batch_size_change is not None:
+        if self.on_batch_size_change is not None and self._applied is not None and batch_size != self._applied:
             self.on_batch_size_change(batch_size)
+        self._applied = batch_size
 
     # --- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Policy state, counters and the signal accumulators (one host read; for checkpoints)."""
-        return {
-            "state_version": STATE_VERSION,
-            "policy": self.policy.state_dict(),
-            "samples_seen": self.samples_seen,
-            "epoch_samples": self.epoch_samples,
-            "epoch_steps": self.epoch_steps,
-            "signals": self.signals.state_dict(),
-        }
+        return self.core.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the loader and hook then get the restored batch size."""
-        if state.get("state_version") != STATE_VERSION:
-            raise DebaError(f"DebaController state has version {state.get('state_version')!r}, "
-                            f"expected {STATE_VERSION}")
-        before = self.batch_size
-        if state["policy"].get("policy") != self.policy.name:
-            raise DebaError(f"DebaController state is of policy {state['policy'].get('policy')!r}, "
-                            f"this controller runs {self.policy.name!r}")
-        self.signals.load_state_dict(state["signals"])
-        self.policy.load_state_dict(state["policy"])
-        self.samples_seen = int(state["samples_seen"])
-        self.epoch_samples = int(state["epoch_samples"])
-        self.epoch_steps = int(state["epoch_steps"])
-        if self.loader is not None:
-            set_loader_batch_size(self.loader, self.batch_size)
-        if self.on_batch_size_change is not None and self.batch_size != before:
-            self.on_batch_size_change(self.batch_size)
+        self.core.load_state_dict(state)

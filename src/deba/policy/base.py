@@ -157,6 +157,9 @@ class BatchSizePolicy(abc.ABC):
     """
 
     name = "base"
+    # Whether the starting batch size was chosen by the user (not a default): a loop whose own loader
+    # has another size then keeps the policy's, with a warning; otherwise it adopts the loader's.
+    start_batch_given = True
 
     def __init__(self, start_batch: int, b_min: int = 1, b_max: int = 1 << 30):
         self._batch_size = int(start_batch)
@@ -165,6 +168,17 @@ class BatchSizePolicy(abc.ABC):
         self.b_max_cap: int | None = None
         self.last_epoch: int | None = None
         self.counts = {"increase": 0, "rollback": 0, "hold": 0, "non_finite": 0}
+        self.notes: list[str] = []  # how settings were derived (a scaled cooldown, ...), for run logs
+
+    def set_start_batch(self, batch_size: int) -> None:
+        """Start at ``batch_size`` instead of the configured start (before the first step only)."""
+        if self.last_epoch is not None:
+            raise ValueError("the starting batch size can change only before the first step")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or \
+                not self.b_min <= batch_size <= self.effective_b_max:
+            raise ValueError(f"start_batch ({batch_size!r}) must lie in [b_min, b_max] = "
+                             f"[{self.b_min}, {self.effective_b_max}]")
+        self._batch_size = batch_size
 
     @property
     def batch_size(self) -> int:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 from .base import (
@@ -119,6 +119,11 @@ class DebaPolicy(BatchSizePolicy):
         super().__init__(config.start_batch, config.b_min, config.b_max)
         self.tracker = SignalTracker(config.window, config.full_history, config.conf_mode)
         self.last_adapt_epoch: int | None = None
+        self.start_batch_given = config.start_batch != DebaConfig.__dataclass_fields__["start_batch"].default
+
+    def set_start_batch(self, batch_size: int) -> None:
+        super().set_start_batch(batch_size)
+        self.config = replace(self.config, start_batch=batch_size)  # var_scaling's reference moves with it
 
     def in_cooldown(self, epoch: int) -> bool:
         return self.last_adapt_epoch is not None and epoch <= self.last_adapt_epoch + self.config.cooldown

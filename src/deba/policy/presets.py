@@ -1,8 +1,10 @@
 """Named presets of the DEBA rule and the Table 3 ablations (spec section 1)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
+from ..errors import option
 from .deba import DebaConfig, DebaPolicy
 
 # Table 1 of the paper: (theta_stab, theta_conf) per torchvision architecture name.
@@ -59,13 +61,43 @@ def deba_config(
         what = f"architecture {arch!r}" if arch else "no architecture"
         raise ValueError(
             f"preset {preset!r} has no thresholds for {what}; known architectures: "
-            f"{', '.join(sorted(TABLE1_THRESHOLDS))} (or give --theta-stab and --theta-conf)"
+            f"{', '.join(sorted(TABLE1_THRESHOLDS))} (or give {option('theta_stab')} and {option('theta_conf')})"
         )
     return DebaConfig.from_dict(settings)
 
 
-def make_deba(preset: str = DEFAULT_PRESET, arch: str | None = None, **kwargs: Any) -> DebaPolicy:
-    return DebaPolicy(deba_config(preset, arch, **kwargs), preset=preset, arch=canonical_arch(arch) if arch else None)
+PAPER_EPOCHS = 100  # the run length the paper's cooldown (10 epochs) was set for
+
+
+def scaled_cooldown(cooldown: int, epochs: int) -> int:
+    """A cooldown of ``cooldown`` epochs in a 100-epoch run, carried to an ``epochs``-epoch run:
+    c x E / 100 rounded up, at least 1 (0 stays 0), as the study specs scale it by hand."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if cooldown == 0:
+        return 0
+    return max(1, math.ceil(cooldown * epochs / PAPER_EPOCHS - 1e-9))
+
+
+def make_deba(preset: str = DEFAULT_PRESET, arch: str | None = None, *, epochs: int | None = None,
+              **kwargs: Any) -> DebaPolicy:
+    """A :class:`DebaPolicy` from a preset, an architecture (Table 1 thresholds) and explicit settings.
+
+    ``epochs``: the planned length of the run. The presets' cooldown (10) was set for the paper's 100
+    epochs; with ``epochs`` it is scaled to c x epochs / 100 (rounded up, at least 1) unless ``cooldown``
+    is given. The value used is in ``policy.config.cooldown`` and explained in ``policy.notes``.
+    """
+    notes = []
+    if epochs is not None and kwargs.get("cooldown") is None:
+        base = PRESETS[preset]["cooldown"] if preset in PRESETS else 0
+        kwargs["cooldown"] = scaled_cooldown(base, epochs)
+        if kwargs["cooldown"] != base:
+            notes.append(f"cooldown {kwargs['cooldown']}: the preset's {base} epochs (set for {PAPER_EPOCHS}) scaled "
+                         f"to a {epochs}-epoch run (c x E/{PAPER_EPOCHS}, rounded up, at least 1)")
+    policy = DebaPolicy(deba_config(preset, arch, **kwargs), preset=preset, arch=canonical_arch(arch) if arch else None)
+    policy.start_batch_given = kwargs.get("start_batch") is not None
+    policy.notes = notes
+    return policy
 
 
 def policy_options_from_mapping(m: Mapping[str, Any]) -> dict[str, Any]:

@@ -58,8 +58,18 @@ class FixedPolicy(_ObservingPolicy):
 
     name = "fixed"
 
-    def __init__(self, start_batch: int = 64, window: int = 15, conf_mode: str = "ratio"):
+    def __init__(self, start_batch: int | None = None, window: int = 15, conf_mode: str = "ratio"):
+        given = start_batch is not None
+        start_batch = 64 if start_batch is None else start_batch
         super().__init__(start_batch, start_batch, start_batch, window, conf_mode)
+        self.start_batch_given = given
+
+    def set_start_batch(self, batch_size: int) -> None:
+        if self.last_epoch is not None:
+            raise ValueError("the starting batch size can change only before the first step")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"start_batch must be a positive integer, got {batch_size!r}")
+        self.b_min = self.b_max = self._batch_size = batch_size  # fixed: the one size is the start
 
     def _next(self, epoch):
         return "hold", "fixed batch size", self._batch_size
@@ -78,8 +88,10 @@ class StepGrowPolicy(_ObservingPolicy):
 
     name = "step-grow"
 
-    def __init__(self, milestones: Sequence[int], grow_factor: float = 2.0, start_batch: int = 64,
+    def __init__(self, milestones: Sequence[int], grow_factor: float = 2.0, start_batch: int | None = None,
                  b_min: int = 16, b_max: int = 2048, window: int = 15, conf_mode: str = "ratio"):
+        given = start_batch is not None
+        start_batch = 64 if start_batch is None else start_batch
         if grow_factor <= 1:
             raise ValueError(f"grow_factor must be > 1, got {grow_factor}")
         ms = sorted(int(m) for m in milestones)
@@ -88,6 +100,7 @@ class StepGrowPolicy(_ObservingPolicy):
         super().__init__(start_batch, b_min, b_max, window, conf_mode)
         self.milestones = ms
         self.grow_factor = float(grow_factor)
+        self.start_batch_given = given
 
     def _next(self, epoch):
         if epoch in self.milestones:

@@ -11,10 +11,13 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_args
 
-from ..errors import DebaError
+from ..errors import DebaError, option
 from ..logio import read_text_input
 
-POLICIES = ("fixed", "deba", "step-grow", "gns", "seesaw")
+from ..policy.registry import POLICIES as _REGISTRY
+from ..policy.registry import get_policy, policy_option_names
+
+POLICIES = tuple(_REGISTRY)  # deba.policy.registry is the one list; this is its view at import
 LR_SCHEDULES = ("constant", "cosine")
 LR_SCALINGS = ("none", "linear", "sqrt")
 GRAPH_MODES = ("auto", "on", "off")
@@ -101,7 +104,7 @@ class TrainConfig:
                 raise DebaError(f"{name} must be one of {', '.join(options)}, got {v!r}")
 
         self._check_types()
-        choice("policy", POLICIES)
+        choice("policy", tuple(_REGISTRY))
         choice("lr_schedule", LR_SCHEDULES)
         choice("lr_scaling", LR_SCALINGS)
         choice("graphs", GRAPH_MODES)
@@ -137,8 +140,11 @@ class TrainConfig:
                 raise DebaError(f"{name} must be a number >= 0, got {v!r}")
         if self.lr <= 0:
             raise DebaError(f"lr must be > 0, got {self.lr}")
-        if self.policy == "step-grow" and not self.milestones:
-            raise DebaError("policy step-grow needs milestones (epochs after which the batch grows)")
+        if self.b_min is not None and self.b_max is not None and self.b_min > self.b_max:
+            raise DebaError(f"{option('b_min')} ({self.b_min}) must not exceed {option('b_max')} ({self.b_max})")
+        problem = get_policy(self.policy).check(self.to_dict())
+        if problem:
+            raise DebaError(problem)
         if self.target_factor is not None and not (isinstance(self.target_factor, (int, float))
                                                    and 0 < self.target_factor < float("inf")):
             raise DebaError(f"target_factor must be a number > 0, got {self.target_factor!r}")
@@ -158,16 +164,8 @@ class TrainConfig:
 
         They are accepted, not refused: a study's ``common:`` block sets one value for all its arms,
         fixed ones included. The trainer names them in an event, so a run log shows what had no effect."""
-        deba_only = ["preset", "theta_stab", "theta_conf", "thresholds", "full_history", "universal_thresholds",
-                     "var_scaling"]
-        gns_only = ["target_factor", "noise_smoothing"]
-        adaptive = ["cooldown", "rollback_factor"]
-        growing = ["b_min", "b_max", "grow_factor"]
-        unused = {"fixed": deba_only + gns_only + adaptive + growing + ["milestones"],
-                  "step-grow": deba_only + gns_only + adaptive,
-                  "seesaw": deba_only + gns_only + adaptive + ["grow_factor", "milestones"],
-                  "gns": deba_only + ["milestones"],
-                  "deba": gns_only + ["milestones"]}.get(self.policy, [])
+        reads = set(get_policy(self.policy).options)
+        unused = [name for name in policy_option_names() if name not in reads]
         defaults = TrainConfig.__dataclass_fields__
         out = []
         for name in unused:

@@ -771,6 +771,8 @@ class Trainer:
         unused = c.unused_options()
         if unused:
             self._event(f"policy {c.policy} does not use {', '.join(unused)}: ignored")
+        for note in [] if resumed else self.policy.notes:  # how a setting was derived (a scaled cooldown)
+            self._event(note)
         if self.out and self.dist.is_main:
             write_json(self.out / "config.json", c.to_dict())
         progress = None
