@@ -133,10 +133,14 @@ register_policy(PolicySpec(
 
 
 def _build_seesaw(o: Options, arch: str | None) -> SeesawPolicy:
-    # periods of the run: its epochs, or its sample budget over a samples interval (config refuses steps)
-    periods = o["run_epochs"]
+    # periods of the run: its epochs, or its sample budget over a samples interval (config refuses steps);
+    # deba.training.build passes run_epochs and train_size, a direct caller gives epochs (default 100)
+    epochs = o.get("run_epochs") or o.get("epochs") or 100
+    periods = epochs
     if o.get("decision_interval"):
-        periods = max(1, (o["run_epochs"] * o["train_size"]) // o["decision_interval"])
+        if not o.get("train_size"):
+            raise ValueError("seesaw with a decision interval needs the training-set size to count its periods")
+        periods = max(1, (epochs * o["train_size"]) // o["decision_interval"])
     return SeesawPolicy(periods, start_batch=o["start_batch"], b_min=o.get("b_min") or 16,
                         b_max=max(o.get("b_max") or 2048, o["start_batch"]), window=_window(o))
 
