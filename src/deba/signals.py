@@ -47,6 +47,9 @@ _ACC_NAMES = ("loss_sum", "steps", "nonfinite_steps", "var_sum", "norm_sum", "ob
 _REDUCED = 3
 
 _FOREACH_NORM_HAS_DTYPE: bool | None = None  # learned on first use (the dtype argument is newer than torch 2.4)
+# Tests set this True to run, on the CPU, the float32 accumulation that accelerators use (see _norm_dtype);
+# production code never changes it.
+ACCELERATOR_ACCUMULATION_ON_CPU = False
 
 
 def _wide_dtype(device: torch.device) -> torch.dtype:
@@ -62,7 +65,7 @@ def _norm_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     6e-4 relative error for 16M terms on one thread), so there it accumulates in float64, which costs
     the CPU little. float64 gradients keep float64.
     """
-    if dtype == torch.float64 or (device.type == "cpu" and dtype != torch.float64):
+    if dtype == torch.float64 or (device.type == "cpu" and not ACCELERATOR_ACCUMULATION_ON_CPU):
         return torch.float64
     return torch.float32
 
