@@ -27,8 +27,11 @@ How the graph step keeps its promises:
   ``torch.optim.SGD``, so its ``state_dict()`` round-trips in both modes; a zero-initialised buffer
   gives exactly torch's first step (``buf = grad``).
 - Warm-up before a capture runs forward and backward only, on a side stream, and BatchNorm buffers
-  are restored afterwards, so building a graph changes no parameter and no statistic: the first
-  replay is the call's one real step.
+  and the random-number generators (CPU, and the model's CUDA device) are restored afterwards, so
+  building a graph changes no parameter, no statistic and no random stream: the first replay is the
+  call's one real step. A capture does not advance the generator and each replay advances it by what
+  its random kernels use, so from the same generator state a graph step draws the dropout masks the
+  eager step draws (``deba bench --check`` compares the two with dropout on).
 - Each graph is captured on a stream of its own (kept with the graph), with
   ``capture_error_mode="thread_local"``, and a graph is never destroyed alone while others live: a failed
   capture drops every graph (the next calls recapture). PyTorch keys the cuBLAS workspace a graph embeds by
@@ -433,7 +436,8 @@ class GraphStep(EagerStep):
             static_y = torch.empty(y.shape, dtype=y.dtype, device=self.device)
             static_x.copy_(x)
             static_y.copy_(y)
-            self._warm_up(static_x, static_y)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self._warm_up(static_x, static_y)  # its dropout masks must not shift the random stream
             self._restore(buffers, saved)  # warm-up must not count as training
             if self._groups is None:
                 self._bind()
