@@ -199,7 +199,8 @@ def step_check(res: Results, plan: Plan, work: Path, env: dict, limit: float) ->
         res.data["graphs_off"][c["arch"]] = why
     status = "done" if rc == 0 else ("cut" if rc is None else "failed")
     res.step("check", status=status, seconds=round(secs, 1), exit_code=rc, ok=data.get("ok"),
-             checks=[_check_line(c) for c in data.get("checks", [])], unavailable=data.get("unavailable", {}))
+             checks=[_check_line(c) for c in data.get("checks", [])], unavailable=data.get("unavailable", {}),
+             pinning_thread=data.get("pinning_thread"))
 
 
 def _check_line(c: dict) -> dict:
@@ -375,7 +376,7 @@ def render_summary(d: dict) -> str:
     env = d.get("env") or {}
     lines = ["# deba GPU check", "",
              f"Started {d['started_utc']}; device {env.get('device_name', d['device'])}; torch "
-             f"{env.get('torch_version', '?')}; driver {env.get('driver', '?')}; budget {d['budget_s']:.0f} s, "
+             f"{env.get('torch_version', '?')}; driver {env.get('driver') or '?'}; budget {d['budget_s']:.0f} s, "
              f"{d.get('elapsed_s', 0):.0f} s used{'; QUICK (CPU test settings)' if d['quick'] else ''}.", "",
              "| step | status | seconds | note |", "| --- | --- | --- | --- |"]
     for name in ("env", "check", "bench", "oom", "solo"):
@@ -404,6 +405,12 @@ def _summary_check(d: dict) -> list[str]:
                      f"{_f(c.get('largest_rel_diff'), 6) if c.get('largest_rel_diff') is None else format(c['largest_rel_diff'], '.1e')} |")
     for arch, why in (s.get("unavailable") or {}).items():
         lines.append(f"| {arch} | - | - | not checked: {why} | - |")
+    for probe in s.get("pinning_thread") or []:
+        lines.append(f"- capture beside a thread pinning host memory, capture_error_mode {probe.get('mode')}: "
+                     + (probe.get("skipped") or f"{'ok' if probe.get('ok') else 'FAILED'} (step mode "
+                        f"{probe.get('step_mode')}, {probe.get('pinned_allocations')} pinned allocations, "
+                        f"{probe.get('thread_errors')} thread errors{', first: ' + probe['first_thread_error'] if probe.get('first_thread_error') else ''}"
+                        f"{', ' + probe['error'] if probe.get('error') else ''})"))
     return lines
 
 
@@ -507,7 +514,70 @@ def child_check(args: argparse.Namespace) -> int:
         write_json(args.out, result)
     if result is not None:
         print(graph_check.check_markdown(result))
+        # capture beside a thread that pins host memory (what DataLoader workers do): our capture mode, then
+        # torch's default "global" as the control that shows the probe can fail
+        result["pinning_thread"] = [pinning_probe(device, mode) for mode in ("thread_local", "global")]
+        write_json(args.out, result)
+        print(json.dumps(result["pinning_thread"], indent=1))
     return 0
+
+
+def pinning_probe(device, mode: str, sizes=(64, 96, 144, 216)) -> dict:
+    """GraphStep captures resnet18 at ``sizes`` (capture_error_mode ``mode``) while another thread allocates and
+    frees pinned host memory in a loop; ok when every size ran as a graph and the thread saw no error."""
+    import threading
+    import warnings
+
+    import torch
+
+    from deba.models import build_model
+    from deba.training import step as step_mod
+
+    if device.type != "cuda":
+        return {"mode": mode, "skipped": "needs CUDA (pinned memory, graph capture)", "ok": None}
+    empty_host_cache = getattr(torch._C, "_host_emptyCache", None)  # else the pinned cache may serve every call
+    stop, errors, allocations = threading.Event(), [], [0]
+
+    def pin() -> None:
+        while not stop.is_set():
+            try:
+                buf = torch.empty(1 << 22, dtype=torch.uint8, pin_memory=True)
+                del buf
+                if empty_host_cache is not None:
+                    empty_host_cache()
+                allocations[0] += 1
+            except Exception as e:  # noqa: BLE001 - counted: the point of the probe
+                errors.append(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                time.sleep(0.001)
+
+    saved_mode, step_mod.CAPTURE_ERROR_MODE = step_mod.CAPTURE_ERROR_MODE, mode
+    torch.manual_seed(0)
+    step = step_mod.GraphStep(build_model("resnet18", 10).to(device).train(), None, requested="auto")
+    thread = threading.Thread(target=pin, daemon=True)
+    out: dict = {"mode": mode, "batch_sizes": list(sizes), "host_cache_emptied": empty_host_cache is not None}
+    thread.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for b in sizes:
+                x = torch.randn(b, 3, 32, 32, device=device)
+                y = torch.randint(0, 10, (b,), device=device)
+                step(x, y)
+                step(x, y)
+            torch.cuda.synchronize(device)
+        out["error"] = None
+    except Exception as e:  # noqa: BLE001 - recorded
+        out["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    finally:
+        stop.set()
+        thread.join(5)
+        step_mod.CAPTURE_ERROR_MODE = saved_mode
+        out.update(step_mode=step.mode, graphs=len(step._graphs), fell_back=step.graph_off_reason,
+                   pinned_allocations=allocations[0], thread_errors=len(errors),
+                   first_thread_error=errors[0] if errors else None)
+        step.free_graphs()
+    out["ok"] = out["error"] is None and step.mode == "graph" and not errors
+    return out
 
 
 def child_oom(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ def _files(out: Path) -> set[str]:
 
 def test_quick_run_writes_what_report_reads(tmp_path):
     out = tmp_path / "out"
+    work_before = set((ROOT / "runs" / "gpu-check").glob("work-*"))
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--device", "cpu", "--quick", "--budget-s", "240",
                            "--skip", "env", "check", "oom"], capture_output=True, text=True, env=_env(), timeout=300)
@@ -51,7 +52,7 @@ def test_quick_run_writes_what_report_reads(tmp_path):
     assert solo["status"] == "done" and solo["epochs_completed"] == 2 and solo["run_status"] == "complete"
     summary = (out / "summary.md").read_text()
     assert "| solo | done |" in summary and "## 3. Solo run" in summary and "## 2. Speed" in summary
-    assert not list((ROOT / "runs" / "gpu-check").glob("work-*"))  # the work folder went away
+    assert set((ROOT / "runs" / "gpu-check").glob("work-*")) == work_before  # its work folder went away
     # what `deba report` reads: the bench records, and the run folder
     from deba.report import BenchTable, load_runs
 
@@ -168,7 +169,12 @@ def test_a_failed_graph_check_turns_graphs_off_for_bench_and_training(gc, tmp_pa
                       {"arch": "mobilenet_v3_large", "dropout": "on", "signals_mode": "last", "ok": False,
                        "error": None, "max_rel": {"loss": 0.5}},
                       {"arch": "densenet121", "dropout": "off", "signals_mode": "last", "ok": True, "error": None}]
-            (out / "check.json").write_text(json.dumps({"checks": checks, "ok": False,
+            probes = [{"mode": "thread_local", "ok": True, "step_mode": "graph", "pinned_allocations": 40,
+                       "thread_errors": 0, "first_thread_error": None, "error": None},
+                      {"mode": "global", "ok": False, "step_mode": "eager", "pinned_allocations": 3,
+                       "thread_errors": 2, "first_thread_error": "RuntimeError: operation not permitted when "
+                       "stream is capturing", "error": None}]
+            (out / "check.json").write_text(json.dumps({"checks": checks, "ok": False, "pinning_thread": probes,
                                                         "unavailable": {"gpt": "not on this checkout"}}))
         return 0, "", 0.1
 
@@ -186,6 +192,23 @@ def test_a_failed_graph_check_turns_graphs_off_for_bench_and_training(gc, tmp_pa
     assert train[train.index("--graphs") + 1] == "off"
     summary = (out / "summary.md").read_text()
     assert "- resnet18: DebaError: CUDA graphs: capturing" in summary and "| gpt | - | - | not checked" in summary
+    assert "capture_error_mode thread_local: ok (step mode graph, 40 pinned allocations, 0 thread errors)" in summary
+    assert "capture_error_mode global: FAILED (step mode eager, 3 pinned allocations, 2 thread errors, first: " \
+           "RuntimeError: operation not permitted" in summary
+
+
+def test_check_child_on_cpu_records_the_failed_capture_and_what_it_cannot_build(gc, tmp_path):
+    out = tmp_path / "check.json"
+    assert gc.main(["--child", "check", "--device", "cpu", "--out", str(out), "--archs", "tiny_mlp", "gpt-nope",
+                    "--batch-sizes", "8", "--steps", "1"]) == 0
+    data = json.loads(out.read_text())
+    assert data["schema_version"] == 1 and not data["ok"]
+    assert [(c["arch"], c["dropout"], c["signals_mode"]) for c in data["checks"]] == [
+        ("tiny_mlp", "off", "last"), ("tiny_mlp", "off", "epoch-avg"), ("tiny_mlp", "on", "last")]
+    assert data["checks"][0]["error"].startswith("DebaError: CUDA graphs: capturing the step at batch size 8")
+    assert data["unavailable"] == {"gpt-nope": "deba.models cannot build 'gpt-nope' on this checkout"}
+    assert [p["mode"] for p in data["pinning_thread"]] == ["thread_local", "global"]
+    assert all(p["skipped"].startswith("needs CUDA") for p in data["pinning_thread"])
 
 
 def test_modelled_times(gc, tmp_path):
