@@ -662,6 +662,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"{out} exists and is not an empty folder")
     if not (args.budget_s > 0):
         return fail(f"--budget-s must be > 0, got {args.budget_s}")
+    if args.solo_epochs is not None and args.solo_epochs < 1:
+        return fail(f"--solo-epochs must be >= 1, got {args.solo_epochs}")
+    if not (args.oom_gib > 0):
+        return fail(f"--oom-gib must be > 0, got {args.oom_gib}")
     if not args.quick and not Path(args.data).is_file():
         return fail(f"{args.data}: no such file (copy cifar10-jpeg.npz there, or pass --data)")
     out.mkdir(parents=True, exist_ok=True)

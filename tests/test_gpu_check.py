@@ -235,7 +235,9 @@ def test_modelled_times(gc, tmp_path):
 
 @pytest.mark.parametrize("argv, text", [(["{out}"], "no such file"), (["{full}", "--quick"], "not an empty folder"),
                                         ([], "OUTDIR is required"),
-                                        (["{out}", "--quick", "--budget-s", "0"], "--budget-s must be > 0")])
+                                        (["{out}", "--quick", "--budget-s", "0"], "--budget-s must be > 0"),
+                                        (["{out}", "--quick", "--solo-epochs", "0"], "--solo-epochs must be >= 1"),
+                                        (["{out}", "--quick", "--oom-gib", "-1"], "--oom-gib must be > 0")])
 def test_bad_input_one_line_exit_2(gc, tmp_path, capsys, argv, text):
     full = tmp_path / "full"
     full.mkdir()
