@@ -604,8 +604,14 @@ def child_oom(args: argparse.Namespace) -> int:
 
 
 # --- entry ------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse's own adds the usage)
+        print(f"gpu_check: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("outdir", nargs="?", help="folder for the results (created; must be empty or absent)")
     p.add_argument("--data", default="data/cifar10-jpeg.npz", help="the CIFAR-10 JPEG archive (default: %(default)s)")
     p.add_argument("--budget-s", type=float, default=450.0, help="end everything within this many seconds")

@@ -253,3 +253,10 @@ def test_bad_input_one_line_exit_2(gc, tmp_path, capsys, argv, text):
 def test_shell_wrapper_needs_outdir():
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("usage: bash scripts/gpu_check.sh OUTDIR")
+
+
+def test_unknown_option_one_line_exit_2(gc, capsys):
+    with pytest.raises(SystemExit) as info:
+        gc.main(["out", "--budget", "x"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and err.startswith("gpu_check: error: ")
