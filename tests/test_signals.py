@@ -106,6 +106,89 @@ def test_large_common_offset_keeps_the_variance_accurate():
     assert_stats(var, norm, ref)
 
 
+# --- the float32 accumulation that accelerators use, forced on the CPU ------------------------------------
+def _offset_params(gen):
+    params = []
+    for n, offset in ((5000, 1000.0), (3000, 1000.002), (700, 999.998)):
+        p = torch.zeros(n, requires_grad=True)
+        p.grad = offset + 1e-3 * torch.randn(n, generator=gen)
+        params.append(p)
+    return params
+
+
+def _mixed_params(gen):
+    low = torch.zeros(40, 30, dtype=torch.bfloat16, requires_grad=True)
+    low.grad = (0.5 + torch.randn(40, 30, generator=gen)).to(torch.bfloat16)
+    half = torch.zeros(50, dtype=torch.float16, requires_grad=True)
+    half.grad = torch.randn(50, generator=gen).to(torch.float16)
+    full = torch.zeros(7, 9, requires_grad=True)
+    full.grad = -2.0 + torch.randn(7, 9, generator=gen)
+    wide = torch.zeros(11, dtype=torch.float64, requires_grad=True)
+    wide.grad = torch.randn(11, generator=gen, dtype=torch.float64)
+    return [low, half, full, wide]
+
+
+def test_production_accumulation_dtypes():
+    from deba import signals as sig
+
+    assert sig.ACCELERATOR_ACCUMULATION_ON_CPU is False
+    assert sig._norm_dtype(torch.device("cpu"), torch.float32) == torch.float64
+    assert sig._norm_dtype(torch.device("cuda", 0), torch.float32) == torch.float32
+    assert sig._norm_dtype(torch.device("cuda", 0), torch.bfloat16) == torch.float32
+    assert sig._norm_dtype(torch.device("cuda", 0), torch.float64) == torch.float64
+
+
+@pytest.mark.parametrize("foreach_dtype", [True, False])  # torch's foreach_norm with dtype=, or the fallback
+@pytest.mark.parametrize("case", ["offset", "mixed", "conv"])
+def test_accelerator_float32_accumulation_forced_on_cpu_matches_float64(monkeypatch, foreach_dtype, case):
+    """The branch every GPU run takes (sums of squares accumulated in float32, float64 gradients excepted),
+    run on the CPU against the float64 reference; a spy proves the float32 branch ran."""
+    from deba import signals as sig
+
+    monkeypatch.setattr(sig, "ACCELERATOR_ACCUMULATION_ON_CPU", True)
+    monkeypatch.setattr(sig, "_FOREACH_NORM_HAS_DTYPE", None if foreach_dtype else False)
+    seen = []
+    real_norms = sig._norms
+    monkeypatch.setattr(sig, "_norms", lambda ts, acc: seen.append(({t.dtype for t in ts}, acc)) or real_norms(ts, acc))
+    gen = torch.Generator().manual_seed(21)
+    if case == "offset":
+        params = _offset_params(gen)
+    elif case == "mixed":
+        params = _mixed_params(gen)
+    else:
+        torch.manual_seed(22)
+        model = ConvNet()
+        backward_once(model, torch.randn(6, 3, 8, 8), torch.randint(0, 10, (6,)))
+        params = list(model.parameters())
+    var, norm = grad_stats(params)
+    assert seen and all(acc == (torch.float64 if dtypes == {torch.float64} else torch.float32) for dtypes, acc in seen)
+    assert any(acc == torch.float32 for _, acc in seen)
+    assert_stats(var, norm, flat_grads64(params))
+
+
+def test_accelerator_float32_accumulation_through_epoch_avg_signals(monkeypatch):
+    from deba import signals as sig
+
+    monkeypatch.setattr(sig, "ACCELERATOR_ACCUMULATION_ON_CPU", True)
+    torch.manual_seed(23)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3))
+    signals = GradientSignals(model.parameters(), mode="epoch-avg")
+    variances, norms, losses = [], [], []
+    for x, y in make_steps(4, seed=24):
+        loss = backward_once(model, x, y)
+        signals.observe_loss(loss)
+        signals.observe_gradients()
+        ref = flat_grads64(model.parameters())
+        variances.append(np.var(ref))
+        norms.append(np.linalg.norm(ref))
+        losses.append(loss.item())
+        sgd_step(model, 0.1)
+    out = signals.end_epoch()
+    np.testing.assert_allclose(out["grad_var"], np.mean(variances), rtol=1e-5)
+    np.testing.assert_allclose(out["grad_norm"], np.mean(norms), rtol=1e-5)
+    np.testing.assert_allclose(out["loss"], np.mean(losses), rtol=1e-6)
+
+
 def test_constant_gradient_has_zero_variance():
     p = torch.zeros(3, 4, requires_grad=True)
     p.grad = torch.full((3, 4), 0.1)

@@ -71,6 +71,9 @@ _GNS_NAMES = ("gns_g2_sum", "gns_trace_sum", "gns_small_sq_sum", "gns_big_sq_sum
 _G2_SUM, _TRACE_SUM, _SMALL_SUM, _BIG_SUM, _GNS_SAMPLES, _GNS_NONFINITE = range(6)
 
 _FOREACH_NORM_HAS_DTYPE: bool | None = None  # learned on first use (the dtype argument is newer than torch 2.4)
+# Tests set this True to run, on the CPU, the float32 accumulation that accelerators use (see _norm_dtype);
+# production code never changes it.
+ACCELERATOR_ACCUMULATION_ON_CPU = False
 
 
 def _wide_dtype(device: torch.device) -> torch.dtype:
@@ -86,7 +89,7 @@ def _norm_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     6e-4 relative error for 16M terms on one thread), so there it accumulates in float64, which costs
     the CPU little. float64 gradients keep float64.
     """
-    if dtype == torch.float64 or (device.type == "cpu" and dtype != torch.float64):
+    if dtype == torch.float64 or (device.type == "cpu" and not ACCELERATOR_ACCUMULATION_ON_CPU):
         return torch.float64
     return torch.float32
 

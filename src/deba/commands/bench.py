@@ -49,7 +49,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="instead of timing: run the same SGD steps with the eager and the CUDA-graph step from "
                    "identical models (per arch, signals modes last and epoch-avg; --steps per batch size, default "
                    "3; --batch-sizes default 64 256, then the first again) and compare loss, signals, parameters "
-                   "and BatchNorm statistics; exit code 1 when a difference exceeds --check-rtol. Needs CUDA")
+                   "and BatchNorm statistics with dropout off; exit code 1 when a difference exceeds --check-rtol. "
+                   "Then, for models with dropout, with dropout on: the graph's masks must change at every replay "
+                   "and its run must track the eager run as closely as other eager runs do. Needs CUDA")
     p.add_argument("--check-rtol", type=float, default=None, metavar="R",
                    help="largest relative difference --check accepts (default 1e-3)")
     return p
@@ -68,7 +70,7 @@ CHECK_ARCHS = ("resnet18", "mobilenet_v3_large", "densenet121")
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from .. import bench
+    from .. import bench, graph_check
 
     if args.modes or args.plot:
         raise DebaError("--check compares eager with graph itself: it takes no --modes or --plot")
@@ -77,15 +79,15 @@ def _run_check(args: argparse.Namespace) -> int:
     if device.type != "cuda":
         raise DebaError(f"--check compares the CUDA-graph step with the eager step: it needs a CUDA device, "
                         f"this is {device.type}")
-    rtol = bench.CHECK_RTOL if args.check_rtol is None else args.check_rtol
+    rtol = graph_check.CHECK_RTOL if args.check_rtol is None else args.check_rtol
     if not rtol > 0:
         raise DebaError(f"--check-rtol must be > 0, got {args.check_rtol}")
     progress = None if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    result = bench.check_graph_numerics(
-        _split(args.arch) or CHECK_ARCHS, device=device, batch_sizes=_split(args.batch_sizes) or bench.CHECK_BATCH_SIZES,
-        steps=args.steps or bench.CHECK_STEPS, amp=args.amp, channels_last=args.channels_last, rtol=rtol,
+    result = graph_check.check_graph_numerics(
+        _split(args.arch) or CHECK_ARCHS, device=device,
+        batch_sizes=_split(args.batch_sizes) or graph_check.CHECK_BATCH_SIZES, steps=args.steps or graph_check.CHECK_STEPS, amp=args.amp, channels_last=args.channels_last, rtol=rtol,
         progress=progress)
-    text = bench.check_markdown(result)
+    text = graph_check.check_markdown(result)
     if args.out:
         bench.write_json(args.out, result)
     if args.markdown:

@@ -27,8 +27,19 @@ How the graph step keeps its promises:
   ``torch.optim.SGD``, so its ``state_dict()`` round-trips in both modes; a zero-initialised buffer
   gives exactly torch's first step (``buf = grad``).
 - Warm-up before a capture runs forward and backward only, on a side stream, and BatchNorm buffers
-  are restored afterwards, so building a graph changes no parameter and no statistic: the first
-  replay is the call's one real step.
+  and the random-number generators (CPU, and the model's CUDA device) are restored afterwards, so
+  building a graph changes no parameter, no statistic and no random stream: the first replay is the
+  call's one real step. A capture does not advance the generator and each replay advances it by what
+  its random kernels use, so from the same generator state a graph step draws the dropout masks the
+  eager step draws (``deba bench --check`` compares the two with dropout on).
+- Each graph is captured on a stream of its own (kept with the graph), with
+  ``capture_error_mode="thread_local"``, and a graph is never destroyed alone while others live: a failed
+  capture drops every graph (the next calls recapture). PyTorch keys the cuBLAS workspace a graph embeds by
+  its capture stream, and destroying a graph clears that stream's workspaces, including those still used by
+  other live graphs captured on it (pytorch#193402: the next replay of such a graph faults). ``thread_local``:
+  a ``DataLoader`` with ``pin_memory`` allocates pinned host memory on its worker threads while a lazy
+  capture (one per new batch size) runs; the default ``"global"`` mode refuses any such call from another
+  thread and invalidates the capture.
 - An out-of-memory error while building a graph discards it and propagates as
   ``torch.OutOfMemoryError`` with the parameters untouched, so the harness can cap the batch size and
   retry the same samples smaller. Any other capture failure under ``mode="auto"`` falls back to the
@@ -310,9 +321,8 @@ class GraphStep(EagerStep):
         self.mode = "graph"
         self._graphs: dict[tuple, dict[str, Any]] = {}
         self._split_active = False  # the split of the graph being built (read at warm-up and capture)
-        self._observe_graph: Any = None
+        self._observe_graph: tuple[Any, Any] | None = None  # (graph, its capture stream), epoch-avg signals
         self._pool: Any = None
-        self._capture_stream: Any = None  # ours, on self.device (torch.cuda.graph's default is process-wide)
         # bound at the first capture: the parameters that get gradients, their gradient tensors,
         # momentum buffers and one learning-rate tensor per (device, dtype) group
         self._groups: list[dict[str, Any]] | None = None
@@ -342,8 +352,10 @@ class GraphStep(EagerStep):
         if entry["y"] is not y:
             entry["y"].copy_(y, non_blocking=True)
         entry["graph"].replay()
+        if split:  # the replay updated the device sums; the sizes of the sample are host-side
+            self.signals.gns_sizes = (self._chunks(int(x.shape[0]), True)[0][1], int(x.shape[0]) * self._world_size())
         if self.observe_gradients_next and self._observe_graph is not None:
-            self._observe_graph.replay()
+            self._observe_graph[0].replay()
         elif self.observe_gradients_next and self.signals is not None:
             self.signals.observe_gradients()
         self.observe_gradients_next = False
@@ -361,6 +373,7 @@ class GraphStep(EagerStep):
 
         Gradients, momentum buffers and the learning-rate tensors stay; the next call recaptures.
         """
+        # all at once: see the module docstring (never one graph destroyed alone while others live)
         self._graphs.clear()
         self._observe_graph = None
         self._pool = None
@@ -431,23 +444,23 @@ class GraphStep(EagerStep):
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         """Capture the step for static inputs ``x``, ``y`` (CUDA only).
 
-        Captured on a stream of our own on ``self.device``: ``torch.cuda.graph``'s default capture stream
-        is created once per process on whichever device was current then, and kernels of a model on
-        another device would run eagerly instead of being captured (an empty graph, silently).
+        Each graph is captured on a new stream on ``self.device``, kept with the graph: the cuBLAS workspace a
+        graph embeds belongs to its capture stream (see the module docstring). ``torch.cuda.graph``'s default
+        capture stream is also created once per process on whichever device was current then, and kernels of
+        a model on another device would run eagerly instead of being captured (an empty graph, silently).
         """
         with torch.cuda.device(self.device):
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            if self._capture_stream is None:
-                self._capture_stream = torch.cuda.Stream(self.device)
-            graph = torch.cuda.CUDAGraph()
-            _capture_graph(graph, self._pool, self._capture_stream, lambda: self._captured_step(x, y))
+            graph, stream = _new_graph(self._pool, self.device, lambda: self._captured_step(x, y))
             if (self._observe_graph is None and self.signals is not None
                     and getattr(self.signals, "mode", None) == "epoch-avg"):
-                observe = torch.cuda.CUDAGraph()
-                _capture_graph(observe, self._pool, self._capture_stream, self.signals.observe_gradients)
-                self._observe_graph = observe
-        return {"graph": graph, "x": x, "y": y}
+                try:
+                    self._observe_graph = _new_graph(self._pool, self.device, self.signals.observe_gradients)
+                except BaseException:
+                    _reset_graph(graph)
+                    raise
+        return {"graph": graph, "stream": stream, "x": x, "y": y}
 
     def _build(self, key: tuple, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any] | None:
         """Warm up, capture and cache the graph for this input shape; None when it fell back to eager."""
@@ -461,7 +474,8 @@ class GraphStep(EagerStep):
             static_y = torch.empty(y.shape, dtype=y.dtype, device=self.device)
             static_x.copy_(x)
             static_y.copy_(y)
-            self._warm_up(static_x, static_y)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self._warm_up(static_x, static_y)  # its dropout masks must not shift the random stream
             self._restore(buffers, saved)  # warm-up must not count as training
             if self._groups is None:
                 self._bind()
@@ -470,7 +484,7 @@ class GraphStep(EagerStep):
             entry = self._capture(static_x, static_y)
         except BaseException as err:
             entry = None
-            self._graphs.pop(key, None)
+            self.free_graphs()  # never leave the others alive beside the failed one (module docstring)
             self._restore(buffers, saved)
             if isinstance(err, KeyboardInterrupt):
                 raise
@@ -500,9 +514,34 @@ class GraphStep(EagerStep):
         warnings.warn(f"CUDA graphs off, training eagerly: {reason}", RuntimeWarning, stacklevel=3)
 
 
+CAPTURE_ERROR_MODE = "thread_local"  # see the module docstring: DataLoader threads pin memory during captures
+
+
+def _new_graph(pool: Any, device: torch.device, fn: Callable[[], None]) -> tuple[Any, Any]:
+    """``(graph, stream)``: ``fn`` captured on a new stream of ``device``; a failed capture's graph is reset
+    here, at once, before any other graph can be captured or replayed (its destruction clears its stream's
+    cuBLAS workspaces)."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream(device)
+    try:
+        _capture_graph(graph, pool, stream, fn)
+    except BaseException:
+        _reset_graph(graph)
+        raise
+    return graph, stream
+
+
+def _reset_graph(graph: Any) -> None:
+    """Free what ``graph`` holds now, not whenever the last reference (a traceback's frame) goes away."""
+    reset = getattr(graph, "reset", None)
+    if reset is not None:
+        with contextlib.suppress(Exception):  # cleanup must never replace the capture's own error
+            reset()
+
+
 def _capture_graph(graph: Any, pool: Any, stream: Any, fn: Callable[[], None]) -> None:
-    """``with torch.cuda.graph(graph, pool=pool, stream=stream): fn()``, leaving the stream and the allocator
-    as they were when it fails.
+    """``with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"): fn()``,
+    leaving the stream and the allocator as they were when it fails.
 
     When a capture was invalidated (an op that synchronises with the host, say), ``torch.cuda.graph``'s
     exit raises from ``capture_end`` (``cudaStreamEndCapture`` fails) before it restores the current
@@ -516,7 +555,7 @@ def _capture_graph(graph: Any, pool: Any, stream: Any, fn: Callable[[], None]) -
     device = torch.cuda.current_device()
     previous = torch.cuda.current_stream(device)
     try:
-        with torch.cuda.graph(graph, pool=pool, stream=stream):
+        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode=CAPTURE_ERROR_MODE):
             fn()
     except BaseException:
         if torch.cuda.current_stream(device) != previous:  # the graph context's exit did not finish
