@@ -1251,6 +1251,9 @@ def build_report(
                 modelled[r.run_id] = bench_table.modelled_time(r, bench_mode)[0]
     runs_df = runs_table(runset, modelled)
     goal = table_goal(runset, baseline, modelled)
+    from . import verdict
+
+    paired = verdict.paired_table(runset.runs)
     traj = trajectories(runset)
     epoch_time = by_batch_size(traj, "train_time_s")
     grad_var = by_batch_size(traj, "grad_var")
@@ -1263,6 +1266,7 @@ def build_report(
         ("table4_performance.csv", t4),
         ("table4_vs_reference.csv", t4ref),
         ("goal_check.csv", goal),
+        ("paired_vs_baselines.csv", paired),
         ("runs.csv", runs_df),
         ("trajectories.csv", traj),
         ("epoch_time_by_batch.csv", epoch_time),
@@ -1314,6 +1318,7 @@ def build_report(
     for _, name in figs:
         files[name] = out / name
     md = render_markdown(runset, t1, t2, t3, t3s, t4, runs_df, figs, bench_table, window, t4ref, goal)
+    md = md.rstrip("\n") + "\n\n" + "\n".join(verdict.render(paired)) + "\n" if not paired.empty else md
     atomic_write_text(out / "report.md", md)
     files["report.md"] = out / "report.md"
     return {
@@ -1326,6 +1331,7 @@ def build_report(
         "table4": t4,
         "table4_vs_reference": t4ref,
         "goal": goal,
+        "paired": paired,
         "runs": runs_df,
         "trajectories": traj,
         "notes": runset.notes,
