@@ -242,15 +242,56 @@ def _measure(model, settings: BenchSettings, device: torch.device, arch: str, ba
         with_signals.free_graphs()
         del with_signals
     sig_s = statistics.median(sig_times)
+    noise = _noise_overhead(model, common, x, y, settings, warmup, device)
     overhead_s = (sig_s - step_s) * steps_per_epoch + end_s
     overhead = {
         "arch": arch, "batch_size": batch, "mode": mode, "signals_mode": settings.signals_mode,
         "step_ms_plain": step_s * 1e3, "step_ms_signals": sig_s * 1e3, "end_epoch_ms": end_s * 1e3,
         "overhead_s_per_epoch": overhead_s,
         "overhead_pct": 100.0 * overhead_s / epoch_s if epoch_s > 0 else math.nan,
+        **noise,
         "device_name": device_name(device),
     }
     return record, overhead
+
+
+NOISE_REPEATS = 7
+
+
+def _noise_overhead(model, common: dict, x, y, settings: BenchSettings, warmup: int, device: torch.device,
+                    repeats: int = NOISE_REPEATS) -> dict[str, Any]:
+    """Cost of the gradient-noise signals at their most frequent (every step a two-size sample, gns_every 1):
+    blocks of plain steps and of noise steps, interleaved ``repeats`` times, so a shared machine's drift hits
+    both; the overhead is the median over repetitions of (noise block / plain block - 1)."""
+    from .signals import GradientSignals
+    from .training.step import make_step
+
+    plain = make_step(model, None, **common)
+    signals = GradientSignals([p for p in model.parameters() if p.requires_grad], gns=True)
+    noisy = make_step(model, signals, **common)
+
+    def split_step(a, b):
+        noisy.gns_split_next = True
+        noisy(a, b)
+
+    block = max(1, settings.steps // 2)
+    ratios, plain_s, noise_s = [], [], []
+    try:
+        time_steps(plain, x, y, 0, warmup, device)
+        time_steps(split_step, x, y, 0, warmup, device)
+        for _ in range(repeats):
+            p = statistics.median(time_steps(plain, x, y, block, 0, device))
+            n = statistics.median(time_steps(split_step, x, y, block, 0, device))
+            plain_s.append(p)
+            noise_s.append(n)
+            ratios.append(n / p if p > 0 else math.nan)
+        signals.end_epoch()
+    finally:
+        plain.free_graphs()
+        noisy.free_graphs()
+    return {"noise_step_ms": statistics.median(noise_s) * 1e3, "noise_plain_step_ms": statistics.median(plain_s) * 1e3,
+            "noise_overhead_pct": 100.0 * (statistics.median(ratios) - 1.0), "noise_repeats": repeats,
+            "noise_ratios": ratios}
 
 
 def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -331,13 +372,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"{str(s['channels_last']).lower()}; median of {s['steps']} timed steps after {s['warmup']} warm-up; "
         f"epoch = {s['epoch_samples']} images, random data already on the device."),
         "",
-        "| arch | batch size | mode | step (ms) | epoch (s) | images/s | signals overhead (% of epoch) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| arch | batch size | mode | step (ms) | epoch (s) | images/s | signals overhead (% of epoch) "
+        "| noise signals overhead (% of step, every step sampled) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["records"]:
         o = over.get((r["arch"], r["batch_size"], r["mode"]))
         lines.append(f"| {r['arch']} | {r['batch_size']} | {r['mode']} | {_fmt(r['step_ms'])} | {_fmt(r['epoch_s'])} "
-                     f"| {_fmt(r['images_per_s'], 0)} | {_overhead_cell(o['overhead_pct']) if o else '-'} |")
+                     f"| {_fmt(r['images_per_s'], 0)} | {_overhead_cell(o['overhead_pct']) if o else '-'} "
+                     f"| {_overhead_cell(o.get('noise_overhead_pct')) if o else '-'} |")
     sizes = sorted({r["batch_size"] for r in result["records"]})
     if result["records"]:
         lines += ["", "Seconds per epoch by batch size:", "",
