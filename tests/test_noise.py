@@ -268,3 +268,36 @@ def test_config_refuses_bad_noise_options():
     with pytest.raises(DebaError, match="seesaw follows training progress"):
         TrainConfig(**TINY, policy="seesaw", decision_interval=10)
     assert TrainConfig(**TINY, policy="gns").collects_noise and not TrainConfig(**TINY).collects_noise
+
+
+def test_debacontroller_takes_two_gradient_sizes_from_an_own_loop():
+    from deba.integrations import DebaController
+    from deba.policy import GnsPolicy
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    ctl = DebaController(GnsPolicy(16, 4, 64, target_factor=1.0, smoothing=1.0, cooldown=0), model.parameters(),
+                         gns=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    g2_ref, tr_ref = [], []
+    for _ in range(3):
+        x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+        small = sq_norm_of_grad(model, half_mse(model(x[:6]), y[:6]))
+        big = sq_norm_of_grad(model, half_mse(model(x), y))
+        g2_ref.append((16 * big - 6 * small) / 10)
+        tr_ref.append((small - big) / (1 / 6 - 1 / 16))
+        opt.zero_grad()
+        (half_mse(model(x[:6]), y[:6]) * 6 / 16).backward()
+        ctl.observe_small_gradient(6, 16)
+        loss = half_mse(model(x[6:]), y[6:]) * 10 / 16
+        loss.backward()
+        ctl.observe_big_gradient(6, 16)
+        ctl.after_backward(loss * 16 / 10, samples=16)
+        opt.step()
+    rec = ctl.end_epoch()
+    np.testing.assert_allclose(rec.extra["gns_g2"], np.mean(g2_ref), rtol=1e-9)
+    np.testing.assert_allclose(rec.extra["gns_trace"], np.mean(tr_ref), rtol=1e-9)
+    assert rec.extra["gns_samples"] == 3 and (rec.extra["gns_b_small"], rec.extra["gns_b_big"]) == (6, 16)
+    off = DebaController(GnsPolicy(16, 4, 64), model.parameters())
+    with pytest.raises(DebaError, match="noise scale is off"):
+        off.observe_small_gradient(6, 16)

@@ -25,7 +25,7 @@ import torch
 from .errors import DebaError
 from .lr_coupling import LRCoupling
 from .policy import BatchSizePolicy, DecisionRecord, EpochSignals
-from .signals import GradientSignals
+from .signals import NOISE_FIELDS, GradientSignals
 
 STATE_VERSION = 1
 
@@ -48,8 +48,9 @@ class PeriodLoop:
 
     def __init__(self, policy: BatchSizePolicy, *, signals_mode: str = "last", every: int = 1,
                  resize: Callable[[int], Any] | None = None, lr: LRCoupling | None = None,
-                 where: str = "PeriodLoop"):
+                 where: str = "PeriodLoop", gns: bool = False):
         self.policy = check_policy(policy, where)
+        self.gns = bool(gns)  # gradient noise scale: the face reports two gradient sizes (docs/noise.md)
         self.where = where
         self.signals_mode = signals_mode
         self.every = every
@@ -71,7 +72,7 @@ class PeriodLoop:
         params = [p for p in parameters if p.requires_grad]
         if not params:
             raise DebaError(f"{self.where}: no trainable parameters given")
-        self.signals = GradientSignals(params, mode=self.signals_mode, every=self.every)
+        self.signals = GradientSignals(params, mode=self.signals_mode, every=self.every, gns=self.gns)
         if self._pending_signals is not None:
             self.signals.load_state_dict(self._pending_signals)
             self._pending_signals = None
@@ -163,7 +164,9 @@ class PeriodLoop:
         # a period with a non-finite step holds and is flagged (spec section 1), whatever its averages say
         nonfinite = stats["nonfinite_steps"] > 0 or not all(
             math.isfinite(stats[k]) for k in ("grad_var", "grad_norm", "loss"))
-        signals = EpochSignals(epoch, stats["grad_var"], stats["grad_norm"], None if nonfinite else stats["loss"])
+        nonfinite = nonfinite or stats.get("gns_nonfinite", 0) > 0
+        signals = EpochSignals(epoch, stats["grad_var"], stats["grad_norm"], None if nonfinite else stats["loss"],
+                               gns_g2=stats.get("gns_g2"), gns_trace=stats.get("gns_trace"))
         try:
             record = (decide or self.policy.step)(signals)
         except ValueError as e:
@@ -172,11 +175,28 @@ class PeriodLoop:
             record.loss = stats["loss"]
         record.extra.update(steps=self.epoch_steps, samples=self.epoch_samples, samples_seen=self.samples_seen,
                             nonfinite_steps=stats["nonfinite_steps"])
+        if self.gns:
+            record.extra.update({k: stats[k] for k in NOISE_FIELDS})
         self.epoch_steps = self.epoch_samples = self.epoch_opt_steps = 0
         self.last_record = record
         if record.next_batch_size != record.batch_size:
             self._changed(record.batch_size, record.next_batch_size)
         return record
+
+    def observe_small_gradient(self, b_small: int, batch: int) -> None:
+        """Noise scale, after the first micro-batch's backward: ``.grad`` holds b_small/batch times the
+        gradient averaged over its ``b_small`` examples (its share of the batch-mean loss)."""
+        self._noise_signals().observe_small_gradient(b_small / batch)
+
+    def observe_big_gradient(self, b_small: int, b_big: int) -> None:
+        """Noise scale, after the last micro-batch's backward: ``.grad`` holds the gradient averaged over
+        ``b_big`` examples (the whole batch; under DDP the global one)."""
+        self._noise_signals().observe_big_gradient(b_small, b_big)
+
+    def _noise_signals(self) -> GradientSignals:
+        if not self.gns:
+            raise DebaError(f"{self.where}: the noise scale is off (pass gns=True)")
+        return self._signals()
 
     def cap_batch_size(self, largest_working: int) -> int:
         """After an out-of-memory error: B_max becomes ``largest_working`` for the rest of the run, the

@@ -68,6 +68,9 @@ _REDUCED = 3
 # gradient is its own sample), so the ratio of averages over ranks comes out of one all_reduce.
 _GNS_NAMES = ("gns_g2_sum", "gns_trace_sum", "gns_small_sq_sum", "gns_big_sq_sum", "gns_samples",
               "gns_nonfinite")
+# what a period record carries of the noise scale (the trainer and deba.period log these keys)
+NOISE_FIELDS = ("gns_g2", "gns_trace", "b_simple", "gns_reason", "gns_samples", "gns_nonfinite", "gns_b_small",
+                "gns_b_big")
 _G2_SUM, _TRACE_SUM, _SMALL_SUM, _BIG_SUM, _GNS_SAMPLES, _GNS_NONFINITE = range(6)
 
 _FOREACH_NORM_HAS_DTYPE: bool | None = None  # learned on first use (the dtype argument is newer than torch 2.4)

@@ -117,7 +117,8 @@ class DebaController:
 
     def __init__(self, policy: BatchSizePolicy, parameters: Iterable[torch.Tensor], *, signals_mode: str = "last",
                  every: int = 1, loader: Any = None, on_batch_size_change: Callable[[int], Any] | None = None,
-                 scheduler: Any = None, optimizer: torch.optim.Optimizer | None = None, lr_scaling: str = "none"):
+                 scheduler: Any = None, optimizer: torch.optim.Optimizer | None = None, lr_scaling: str = "none",
+                 gns: bool = False):
         if on_batch_size_change is not None and not callable(on_batch_size_change):
             raise DebaError("DebaController: on_batch_size_change must be callable with the new batch size")
         self.loader = loader
@@ -125,7 +126,7 @@ class DebaController:
         schedulers = [] if scheduler is None else [scheduler]
         lr = LRCoupling(optimizer, schedulers, scaling=lr_scaling, where="DebaController")
         self.core = PeriodLoop(policy, signals_mode=signals_mode, every=every, resize=self._resize,
-                               lr=lr if lr.active else None, where="DebaController")
+                               lr=lr if lr.active else None, where="DebaController", gns=gns)
         self.core.attach(parameters)
         self._applied: int | None = None
         if loader is not None:
@@ -184,6 +185,16 @@ class DebaController:
         An epoch with a non-finite loss or gradient holds and is flagged ``non_finite``.
         """
         return self.core.close(epoch)
+
+    def observe_small_gradient(self, b_small: int, batch: int) -> None:
+        """Gradient noise scale (``gns=True``): call after the backward of a batch's first micro-batch of
+        ``b_small`` examples, its loss scaled by b_small / batch (see docs/noise.md)."""
+        self.core.observe_small_gradient(b_small, batch)
+
+    def observe_big_gradient(self, b_small: int, b_big: int) -> None:
+        """Gradient noise scale: call after the batch's last backward (``b_big`` = the batch, or the global
+        batch under DDP); the period's record then carries gns_g2, gns_trace and b_simple."""
+        self.core.observe_big_gradient(b_small, b_big)
 
     def cap_batch_size(self, largest_working: int) -> int:
         """After an out-of-memory error at the current size: B_max becomes ``largest_working`` for the rest

@@ -69,14 +69,11 @@ import torch
 from ..errors import DebaError
 from ..logio import make_dir, read_json, write_json, write_jsonl
 from ..policy import BatchSizePolicy, EpochSignals
+from ..signals import NOISE_FIELDS
 from .build import build_policy, policy_arch_name, resolve_device
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state, snapshot_state
 from .config import TrainConfig
 from .schedule import learning_rate
-
-# what a period record carries of the gradient noise scale (deba.signals, gns=True)
-NOISE_FIELDS = ("gns_g2", "gns_trace", "b_simple", "gns_reason", "gns_samples", "gns_nonfinite", "gns_b_small",
-                "gns_b_big")
 
 # config keys that may differ between a checkpoint and a resuming run
 RESUME_MUTABLE_KEYS = {"quiet", "tensorboard", "out", "concurrent_runs", "device", "checkpoint_every", "epochs",
