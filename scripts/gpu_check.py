@@ -591,10 +591,10 @@ def child_oom(args: argparse.Namespace) -> int:
         real = step_mod.EagerStep._eager_step
         limit = args.simulate_oom_above
 
-        def eager_step(self, x, y):
+        def eager_step(self, x, y, *args, **kwargs):  # the real one's later arguments (split) pass through
             if x.shape[0] > limit:
                 raise step_mod.OOM_ERROR(f"CUDA out of memory (simulated above {limit} samples)")
-            return real(self, x, y)
+            return real(self, x, y, *args, **kwargs)
 
         step_mod.EagerStep._eager_step = eager_step
     elif torch.cuda.is_available():
