@@ -34,6 +34,7 @@ import torch
 from .errors import DebaError
 from .logio import atomic_write_text, write_json
 from .models import build_model, canonical_model_name, check_model_output
+from .signals import DEFAULT_GNS_EVERY
 from .training import build
 
 EPOCH_SAMPLES = 50_000  # CIFAR-10's training set
@@ -358,6 +359,12 @@ def overhead_text(pct: float) -> str:
     return f"{pct:+.2f}% of epoch"
 
 
+def _per_default(pct: float | None) -> float | None:
+    """The sampled step's overhead spread over deba train's default sampling (every DEFAULT_GNS_EVERY-th step):
+    the other steps are plain steps, so the cost per step is the sampled one's divided by k."""
+    return None if pct is None else pct / DEFAULT_GNS_EVERY
+
+
 def _overhead_cell(pct: float) -> str:
     return f"noise ({_fmt(pct)})" if pct is not None and math.isfinite(pct) and pct < 0 else _fmt(pct)
 
@@ -373,14 +380,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"epoch = {s['epoch_samples']} images, random data already on the device."),
         "",
         "| arch | batch size | mode | step (ms) | epoch (s) | images/s | signals overhead (% of epoch) "
-        "| noise signals overhead (% of step, every step sampled) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| noise signals overhead (% of step, every step sampled) "
+        f"| noise signals overhead (% of step, every {DEFAULT_GNS_EVERY}th step: deba train's default) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["records"]:
         o = over.get((r["arch"], r["batch_size"], r["mode"]))
         lines.append(f"| {r['arch']} | {r['batch_size']} | {r['mode']} | {_fmt(r['step_ms'])} | {_fmt(r['epoch_s'])} "
                      f"| {_fmt(r['images_per_s'], 0)} | {_overhead_cell(o['overhead_pct']) if o else '-'} "
-                     f"| {_overhead_cell(o.get('noise_overhead_pct')) if o else '-'} |")
+                     f"| {_overhead_cell(o.get('noise_overhead_pct')) if o else '-'} "
+                     f"| {_overhead_cell(_per_default(o.get('noise_overhead_pct'))) if o else '-'} |")
     sizes = sorted({r["batch_size"] for r in result["records"]})
     if result["records"]:
         lines += ["", "Seconds per epoch by batch size:", "",

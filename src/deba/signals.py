@@ -69,6 +69,9 @@ _REDUCED = 3
 _GNS_NAMES = ("gns_g2_sum", "gns_trace_sum", "gns_small_sq_sum", "gns_big_sq_sum", "gns_samples",
               "gns_nonfinite")
 # what a period record carries of the noise scale (the trainer and deba.period log these keys)
+# deba train's default sampling of the noise scale: every 8th step of a period is split (docs/noise.md)
+DEFAULT_GNS_EVERY = 8
+
 NOISE_FIELDS = ("gns_g2", "gns_trace", "b_simple", "gns_reason", "gns_samples", "gns_nonfinite", "gns_b_small",
                 "gns_b_big")
 _G2_SUM, _TRACE_SUM, _SMALL_SUM, _BIG_SUM, _GNS_SAMPLES, _GNS_NONFINITE = range(6)

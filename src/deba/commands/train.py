@@ -32,6 +32,8 @@ HELP = {
     "data": "folder holding cifar-10-batches-py / cifar-100-python, or the offline cifar10-jpeg.npz",
     "gns": "measure the gradient noise scale (gns_g2, gns_trace, b_simple in every period record); on for "
            "--policy gns",
+    "precise_bn": "before each evaluation, recompute BatchNorm running statistics over N training batches "
+                  "(0: off; for BatchNorm models with slow running averages, e.g. mobilenet_v3_large)",
     "gns_every": "noise scale: train every k-th step of a period as two micro-batches to read two gradient sizes",
     "target_factor": "gns: target batch = this x the smoothed noise scale B_noise (default 0.5)",
     "noise_smoothing": "gns: weight of the newest period in the moving averages of |G|^2 and tr(Sigma) "

@@ -16,6 +16,7 @@ from ..logio import read_text_input
 
 from ..policy.registry import POLICIES as _REGISTRY
 from ..policy.registry import get_policy, policy_option_names
+from ..signals import DEFAULT_GNS_EVERY
 
 POLICIES = tuple(_REGISTRY)  # deba.policy.registry is the one list; this is its view at import
 LR_SCHEDULES = ("constant", "cosine")
@@ -67,7 +68,9 @@ class TrainConfig:
     decision_interval_unit: str = "steps"  # what decision_interval counts: steps or samples (global)
     # gradient noise scale (deba.signals gns; policy gns reads it, any policy may log it)
     gns: bool = False  # collect the noise-scale signals (always on for policy gns)
-    gns_every: int = 1  # every k-th step of a period is trained as two micro-batches to measure it
+    # every k-th step of a period is trained as two micro-batches to measure it; 8 keeps the cost under 3% of
+    # step time on the CPU bench (a sampled step costs 10-20% more there: docs/results/noise-overhead)
+    gns_every: int = DEFAULT_GNS_EVERY
     target_factor: float | None = None  # gns: target batch = factor x smoothed B_noise (default 0.5)
     noise_smoothing: float | None = None  # gns: weight of the newest period in the |G|^2 and tr(Sigma) averages
     # signals
@@ -85,6 +88,7 @@ class TrainConfig:
     deterministic: bool = False
     # safety
     checkpoint_every: int = 1  # epochs; 0 disables checkpoints
+    precise_bn: int = 0  # before each evaluation, BatchNorm statistics recomputed over this many training batches
     max_nonfinite: int = 3
     nonfinite_action: str = "skip"
     # outputs
@@ -132,6 +136,8 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < least:
                 raise DebaError(f"{name} must be an integer >= {least}, got {v!r}")
+        if isinstance(self.precise_bn, bool) or not isinstance(self.precise_bn, int) or self.precise_bn < 0:
+            raise DebaError(f"precise_bn must be an integer >= 0, got {self.precise_bn!r}")
         if self.checkpoint_every < 0:
             raise DebaError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         for name in ("lr", "momentum", "weight_decay"):

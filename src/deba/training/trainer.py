@@ -715,6 +715,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         n = 0
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.amp == "bf16" else _null()
+        if self.config.precise_bn:
+            self._recompute_batchnorm(amp)
         for x, y in self._test_batches():
             if self.config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -726,6 +728,21 @@ class Trainer:
         model.train(was_training)
         vals = torch.stack([correct, loss_sum]).tolist()
         return 100.0 * vals[0] / max(1, n), vals[1] / max(1, n)
+
+    def _recompute_batchnorm(self, amp) -> None:
+        """--precise-bn N: BatchNorm statistics averaged over N training batches of the current epoch's order
+        before the evaluation (deba.training.precise_bn says why)."""
+        from .precise_bn import recompute_batchnorm_stats
+
+        def inputs():
+            for x, _ in self.loader.batches(start_sample=0):
+                yield x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
+
+        def forward(x):
+            with amp:
+                self.model(x)
+
+        recompute_batchnorm_stats(self.model, inputs(), self.config.precise_bn, forward)
 
     def _test_batches(self):
         if isinstance(self.test_loader, torch.utils.data.DataLoader):  # a user's test Dataset
