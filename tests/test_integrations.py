@@ -469,3 +469,50 @@ def test_lightning_missing_gives_the_install_hint(monkeypatch):
     monkeypatch.delitem(sys.modules, "deba.integrations.lightning", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'deba\[lightning\]'"):
         importlib.import_module("deba.integrations.lightning")
+
+
+def test_lightning_noise_scale_across_accumulation_matches_numpy(tmp_path):
+    """gns=True under accumulate_grad_batches=2: the first micro-batch's gradient and the step's, read by the
+    module itself and combined in NumPy float64 (McCandlish et al., appendix A), give the period's values."""
+    pl, DebaCallback, Data, Module = lightning_parts()
+
+    class Noted(Module):
+        def __init__(self):
+            super().__init__()
+            self.small, self.big = {}, {}
+
+        def on_after_backward(self):  # after the callback's hook; reads .grad as it is
+            if self.trainer.fit_loop.epoch_loop.batch_idx % 2 == 0:
+                self.small.setdefault(self.current_epoch, []).append(flat_grads64(self.net) * 2)  # loss / 2
+
+        def on_before_optimizer_step(self, optimizer):
+            super().on_before_optimizer_step(optimizer)
+            self.big.setdefault(self.current_epoch, []).append(flat_grads64(self.net))
+
+    policy = FixedPolicy(8)
+    module, callback = Noted(), DebaCallback(policy, gns=True)
+    trainer(pl, [callback], 2, tmp_path, accumulate_grad_batches=2).fit(module, datamodule=Data(n=128))
+    for epoch, record in enumerate(callback.records):
+        small = [float(g @ g) for g in module.small[epoch]]
+        big = [float(g @ g) for g in module.big[epoch]]
+        assert len(small) == len(big) == 8  # 16 micro-batches of 8, 8 optimiser steps
+        g2 = np.mean([(16 * b - 8 * s) / 8 for s, b in zip(small, big)])
+        trace = np.mean([(s - b) / (1 / 8 - 1 / 16) for s, b in zip(small, big)])
+        extra = record.extra
+        assert (extra["gns_samples"], extra["gns_b_small"], extra["gns_b_big"]) == (8, 8, 16)
+        np.testing.assert_allclose(extra["gns_g2"], g2, rtol=1e-4)
+        np.testing.assert_allclose(extra["gns_trace"], trace, rtol=1e-4)
+        np.testing.assert_allclose(extra["b_simple"], trace / g2, rtol=1e-4)
+
+
+def test_lightning_noise_scale_every_second_step_and_the_warning_without_accumulation(tmp_path):
+    pl, DebaCallback, Data, Module = lightning_parts()
+    callback = DebaCallback(FixedPolicy(8), gns=True, gns_every=2)
+    trainer(pl, [callback], 1, tmp_path, accumulate_grad_batches=2).fit(Module(), datamodule=Data(n=128))
+    assert callback.records[0].extra["gns_samples"] == 4  # optimiser steps 0, 2, 4, 6
+    callback = DebaCallback(FixedPolicy(8), gns=True)
+    with pytest.warns(UserWarning, match="accumulate_grad_batches=1 nothing is sampled"):
+        trainer(pl, [callback], 1, tmp_path).fit(Module(), datamodule=Data(n=128))
+    assert callback.records[0].extra["b_simple"] is None and callback.records[0].extra["gns_reason"]
+    with pytest.raises(DebaError, match="gns_every must be an integer >= 1"):
+        DebaCallback(FixedPolicy(8), gns=True, gns_every=0)

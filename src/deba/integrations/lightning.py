@@ -44,6 +44,17 @@ What the callback does, hook by hook:
   the user need not configure the Trainer. At the start of every epoch after a change the callback
   checks that the rebuilt loader has the new size, and raises :class:`deba.errors.DebaError` when
   ``train_dataloader()`` ignores it (for instance a loader passed to ``trainer.fit`` directly).
+* ``gns=True`` (the gradient noise scale, docs/noise.md): with ``Trainer(accumulate_grad_batches=k)``,
+  k >= 2, every ``gns_every``-th optimiser step is a sample. ``on_after_backward`` of the step's first
+  micro-batch reads its gradient (b_small = the micro-batch; under DDP Lightning runs it without sync, so
+  it is the rank's own) and ``on_before_optimizer_step`` the whole step's (b_big = k micro-batches, times
+  the world size under DDP): the two sizes cost nothing extra. A step whose micro-batches differ in size
+  (the epoch's last, short one) is not sampled. Without accumulation, report the sizes yourself from a
+  manual-optimisation ``training_step`` (:meth:`DebaCallback.observe_small_gradient` and
+  :meth:`DebaCallback.observe_big_gradient`), or the records carry ``b_simple`` null with the reason.
+  The records' ``extra`` and the logged metrics carry ``gns_g2``, ``gns_trace`` and ``b_simple``. With
+  16-bit precision the gradients are still scaled in ``on_after_backward``, so ``gns=True`` is refused there.
+  Under DDP this path is written but not tested.
 * ``state_dict`` / ``load_state_dict``: the policy, the sample counters and the signal accumulators go
   into Lightning checkpoints, and a resumed fit trains at the restored batch size.
 
@@ -56,6 +67,7 @@ can follow samples rather than steps, whose number per epoch changes with the ba
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -96,12 +108,17 @@ class DebaCallback(pl.Callback):
     def __init__(self, policy: BatchSizePolicy, signals_mode: str = "last", *, every: int = 1,
                  batch_size_attr: str = "batch_size",
                  on_batch_size_change: Callable[[Any, Any, int], Any] | None = None,
-                 lr_scaling: str = "none", log: bool = True, log_prefix: str = "deba/"):
+                 lr_scaling: str = "none", log: bool = True, log_prefix: str = "deba/", gns: bool = False,
+                 gns_every: int = 1):
         if on_batch_size_change is not None and not callable(on_batch_size_change):
             raise DebaError("DebaCallback: on_batch_size_change must be callable as fn(trainer, pl_module, batch_size)")
         check_scaling(lr_scaling, "DebaCallback")  # now, not at fit start
+        if isinstance(gns_every, bool) or not isinstance(gns_every, int) or gns_every < 1:
+            raise DebaError(f"DebaCallback: gns_every must be an integer >= 1, got {gns_every!r}")
         self.core = PeriodLoop(policy, signals_mode=signals_mode, every=every, resize=self._resize,
-                               where="DebaCallback")
+                               where="DebaCallback", gns=gns)
+        self.gns_every = gns_every
+        self._window: list[int] | None = None  # micro-batch sizes of a sampled optimiser step so far
         self.signals_mode = signals_mode
         self.lr_scaling = lr_scaling
         self.batch_size_attr = batch_size_attr
@@ -207,6 +224,14 @@ class DebaCallback(pl.Callback):
         self._expect_batch_size = self.core.batch_size
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.core.gns and getattr(trainer.precision_plugin, "scaler", None) is not None:
+            raise DebaError("DebaCallback(gns=True): 16-bit precision scales the gradients until the optimiser "
+                            "step, so the first micro-batch's cannot be read; use bf16 or 32-bit precision")
+        if self.core.gns and pl_module.automatic_optimization and trainer.accumulate_grad_batches < 2:
+            warnings.warn("DebaCallback(gns=True) reads the noise scale across gradient accumulation: with "
+                          "accumulate_grad_batches=1 nothing is sampled and b_simple stays null (set it to 2 or "
+                          "more, or report the two sizes with observe_small_gradient / observe_big_gradient)",
+                          stacklevel=2)
         if self.core.signals is None:
             self.core.attach(pl_module.parameters())
         self._couple_lr(trainer)
@@ -219,11 +244,43 @@ class DebaCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._batch_idx = batch_idx
+        if self.core.gns and pl_module.automatic_optimization and trainer.accumulate_grad_batches > 1:
+            k = trainer.accumulate_grad_batches
+            size = extract_batch_size(batch)  # shape metadata: no host sync
+            if batch_idx % k == 0:  # the first micro-batch of an optimiser step (Lightning's windows)
+                sampled = (batch_idx // k) % self.gns_every == 0
+                self._window = [size] if sampled else None
+            elif self._window is not None:
+                self._window.append(size)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        window = self._window
+        if window is not None and len(window) == 1 and self.core.signals is not None:
+            k = trainer.accumulate_grad_batches  # Lightning divided this micro-batch's loss by k
+            self.core.observe_small_gradient(window[0], window[0] * k)
+
+    def _observe_noise(self, trainer) -> None:
+        window, self._window = self._window, None
+        k = trainer.accumulate_grad_batches
+        if window is None or len(window) != k or len(set(window)) != 1:
+            return  # not sampled, or a short / uneven step: its gradient is not a plain mean over b_big
+        self.core.observe_big_gradient(window[0], window[0] * k * trainer.world_size)
+
+    def observe_small_gradient(self, b_small: int, batch: int) -> None:
+        """Noise scale by hand (manual optimisation): after the backward of a step's first micro-batch of
+        ``b_small`` examples, its loss scaled by b_small / batch (docs/noise.md)."""
+        self.core.observe_small_gradient(b_small, batch)
+
+    def observe_big_gradient(self, b_small: int, b_big: int) -> None:
+        """Noise scale by hand: after the step's last backward (``b_big``: the step's examples, all ranks)."""
+        self.core.observe_big_gradient(b_small, b_big)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.core.signals is None:
             return
         self.core.before_step()
+        if self._window is not None:
+            self._observe_noise(trainer)
         n = trainer.num_training_batches
         last = not isinstance(n, int) or not math.isfinite(n) or self._batch_idx + 1 >= n
         self.core.observe_gradients(last_of_period=last)
@@ -254,6 +311,7 @@ class DebaCallback(pl.Callback):
             "grad_var": record.grad_var, "grad_norm": record.grad_norm, "loss": record.loss,
             "dnorm": record.dnorm, "dloss": record.dloss, "conf": record.conf,
             "decision": _DECISION_CODES[record.decision], "samples_seen": record.extra["samples_seen"],
+            **{k: record.extra.get(k) for k in ("gns_g2", "gns_trace", "b_simple")},
         }
         for name, value in values.items():
             if value is not None:  # dnorm, dloss and conf are undefined on the first epoch
