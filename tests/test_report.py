@@ -675,3 +675,17 @@ def test_report_does_not_import_study(study_dir, tmp_path):
         "assert 'deba.study' not in sys.modules, 'deba.report imports deba.study'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tables_return_their_notes_and_leave_the_runset_alone(study_dir, tmp_path):
+    inputs, bench = _golden_inputs(study_dir, tmp_path)
+    rs = report.load_runs([inputs])
+    before = list(rs.notes)
+    t4 = report.table4(rs, bench=report.BenchTable.load(bench))
+    t1, _ = report.tables_1_2(rs, t4)
+    assert rs.notes == before and any(n.startswith("skipped ") for n in before)
+    assert any("seed 2 appears twice" in n for n in t4.attrs["notes"])
+    assert any("batch 51 is outside" in n for n in t4.attrs["notes"])
+    assert any(n.startswith("calibration (ratio) skipped") for n in t1.attrs["notes"])
+    res = report.build_report([inputs], tmp_path / "r", bench=bench, figures=False)
+    assert res["notes"] == before + t4.attrs["notes"] + t1.attrs["notes"] and rs.notes == before
