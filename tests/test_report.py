@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -628,3 +630,62 @@ def test_goal_check_uses_modelled_solo_time_where_runs_shared(study_dir, tmp_pat
     assert pb.timing == "modelled solo" and pb.pairs_time_comparable == 3
     assert pb.seeds_goal_time == sum(r <= 0.6 for r in ratios)  # accuracy is above fixed on all three
     assert all(0.5 < r < 1.0 for r in ratios)
+
+
+def _golden_inputs(study_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The fixture plus what makes every kind of note: a seed twice in one arm, a run without its epochs.jsonl,
+    an architecture too short to calibrate, and a bench with a batch size outside its range."""
+    dup = study_dir / "cifar10" / "resnet18" / "fixed" / "seed-2"
+    dup.mkdir()
+    for name in ("config.json", "epochs.jsonl", "summary.json"):
+        (dup / name).write_bytes((study_dir / "cifar10" / "resnet18" / "fixed" / "seed2" / name).read_bytes())
+    broken = write_run(study_dir, "fixed", 5, 80.0, 100.0, [64] * EPOCHS, arch="resnet50")
+    (broken / "epochs.jsonl").unlink()
+    write_run(study_dir, "fixed", 2, 80.0, 100.0, [64] * 2, arch="densenet121")
+    bench = tmp_path / "bench.json"
+    records = [{"arch": "resnet18", "batch_size": b, "mode": "graph", "epoch_s": s}
+               for b, s in ((64, 10.0), (128, 6.0), (256, 4.0))]
+    bench.write_text(json.dumps({"schema_version": 1, "records": records}))
+    return study_dir, bench
+
+
+GOLDEN = Path(__file__).parent / "data" / "report_golden.md"
+
+
+def _golden_report(study_dir: Path, tmp_path: Path) -> str:
+    inputs, bench = _golden_inputs(study_dir, tmp_path)
+    report.build_report([inputs], tmp_path / "golden", bench=bench, reference="nope", baseline="fixed")
+    return (tmp_path / "golden" / "report.md").read_text(encoding="utf-8").replace(str(tmp_path), "TMP")
+
+
+def test_report_md_is_unchanged_by_the_package_split(study_dir, tmp_path):
+    """report.md of a fixture with every section and every kind of note, byte for byte as the single-module
+    report.py wrote it (tests/data/report_golden.md, tmp path replaced by TMP)."""
+    assert _golden_report(study_dir, tmp_path) == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_report_does_not_import_study(study_dir, tmp_path):
+    """deba.report reads folders and --pack archives through deba.runfolder, never through deba.study."""
+    archive = tmp_path / "pack.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(study_dir, arcname=".")
+    code = (
+        "import sys, deba.report as r; "
+        f"rs = r.load_runs([{str(archive)!r}, {str(study_dir)!r}]); assert len(rs.runs) == {len(RUNS) + 1}; "
+        "assert 'deba.study' not in sys.modules, 'deba.report imports deba.study'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tables_return_their_notes_and_leave_the_runset_alone(study_dir, tmp_path):
+    inputs, bench = _golden_inputs(study_dir, tmp_path)
+    rs = report.load_runs([inputs])
+    before = list(rs.notes)
+    t4 = report.table4(rs, bench=report.BenchTable.load(bench))
+    t1, _ = report.tables_1_2(rs, t4)
+    assert rs.notes == before and any(n.startswith("skipped ") for n in before)
+    assert any("seed 2 appears twice" in n for n in t4.attrs["notes"])
+    assert any("batch 51 is outside" in n for n in t4.attrs["notes"])
+    assert any(n.startswith("calibration (ratio) skipped") for n in t1.attrs["notes"])
+    res = report.build_report([inputs], tmp_path / "r", bench=bench, figures=False)
+    assert res["notes"] == before + t4.attrs["notes"] + t1.attrs["notes"] and rs.notes == before

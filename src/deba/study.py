@@ -57,6 +57,19 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from .errors import DebaError, option
 from .policy.registry import POLICIES
 from .logio import atomic_write_text, check_output_file, dumps, make_dir, read_text_input
+from .runfolder import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    EPOCHS_FILE,
+    PACKED_FILES,
+    RUN_LOG_FILE,
+    RUN_OUTPUTS,  # noqa: F401 (deba.study.RUN_OUTPUTS, as before)
+    SUMMARY_FILE,
+    is_complete,
+    is_finished,
+    read_archive_runs,
+    summary_status,
+)
 from .training.config import TrainConfig
 
 SPEC_KEYS = (
@@ -91,12 +104,11 @@ NON_IDENTITY_KEYS = {
 # arm values resolved from other arms' finished runs: kind -> the TrainConfig keys it may set
 DEPENDENCY_KINDS = {"max_batch_of": ("start_batch", "b_min", "b_max"), "calibrate_from": ("thresholds",)}
 THRESHOLDS_NAME = "thresholds.json"  # where calibrate_from writes, in the dependent arm's directory
-RUN_OUTPUTS = ("config.json", "epochs.jsonl", "summary.json", "decisions.jsonl")
-PACKED_FILES = RUN_OUTPUTS + ("run.log",)
+# RUN_OUTPUTS, PACKED_FILES: deba.runfolder (imported above)
 SPEC_COPY = "study.yaml"
 RUN_CONFIG = "study-config.json"  # what the study hands to `deba train --config`
 LOCK_NAME = ".lock"
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = CHECKPOINT_FILE
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 # exit codes of `deba study`
@@ -562,16 +574,16 @@ def run_status(plan: RunPlan, out: Path, check_lock: bool = True) -> tuple[str, 
     another process), conflict (made with another config), resumable (has a checkpoint), partial (files but no
     checkpoint: restarts from scratch), pending."""
     d = plan.dir(out)
-    saved = _read_json_quiet(d / "config.json")
+    saved = _read_json_quiet(d / CONFIG_FILE)
     if saved is not None:
         diff = config_conflicts(saved, plan.identity())
         if diff:
             k = diff[0]
-            return "conflict", f"{k}: {saved[k]!r} in {d / 'config.json'}, {plan.config[k]!r} in the spec" + (
+            return "conflict", f"{k}: {saved[k]!r} in {d / CONFIG_FILE}, {plan.config[k]!r} in the spec" + (
                 f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
             )
-    summary = _read_json_quiet(d / "summary.json") or {}
-    status = str(summary.get("status", ""))
+    summary = _read_json_quiet(d / SUMMARY_FILE) or {}
+    status = summary_status(summary)
     if status == "complete":
         return "complete", _result_text(summary)
     if status.startswith("stopped"):
@@ -581,7 +593,7 @@ def run_status(plan: RunPlan, out: Path, check_lock: bool = True) -> tuple[str, 
     if (d / CHECKPOINT).exists():
         done = summary.get("epochs_completed")
         return "resumable", f"checkpoint after epoch {done}" if done is not None else "checkpoint"
-    if d.exists() and any(p.name not in (LOCK_NAME, "run.log") for p in d.iterdir()):
+    if d.exists() and any(p.name not in (LOCK_NAME, RUN_LOG_FILE) for p in d.iterdir()):
         return "partial", "no checkpoint: restarts from scratch"
     return "pending", ""
 
@@ -593,11 +605,10 @@ def _run_dir(out: Path, run_id: str) -> Path:
 
 def finished_summary(out: str | os.PathLike, run_id: str) -> dict | None:
     """The summary of a run that will not run again (complete, or stopped by the trainer), else None."""
-    summary = _read_json_quiet(_run_dir(Path(out), run_id) / "summary.json")
+    summary = _read_json_quiet(_run_dir(Path(out), run_id) / SUMMARY_FILE)
     if summary is None:
         return None
-    status = str(summary.get("status", ""))
-    return summary if status == "complete" or status.startswith("stopped") else None
+    return summary if is_finished(summary) else None
 
 
 def unfinished_dependencies(plan: RunPlan, out: str | os.PathLike) -> list[str]:
@@ -612,7 +623,7 @@ def _max_batch_size(out: Path, run_id: str) -> int:
     if value is None and isinstance(summary.get("batch_sizes"), list):
         value = max((b for b in summary["batch_sizes"] if isinstance(b, int)), default=None)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DebaError(f"{_run_dir(out, run_id) / 'summary.json'}: no max_batch_size to start from")
+        raise DebaError(f"{_run_dir(out, run_id) / SUMMARY_FILE}: no max_batch_size to start from")
     return value
 
 
@@ -632,9 +643,9 @@ def _calibrated_thresholds(plan: RunPlan, dep: Dependency, out: Path) -> Path:
     preset = plan.config.get("preset") or DEFAULT_PRESET
     conf_mode = PRESETS[preset]["conf_mode"]
     window = plan.config.get("window") or 15
-    logs = [read_signal_log(_run_dir(out, r) / "epochs.jsonl") for r in dep.run_ids]
+    logs = [read_signal_log(_run_dir(out, r) / EPOCHS_FILE) for r in dep.run_ids]
     report = calibrate(
-        logs, window=window, conf_mode=conf_mode, names=[f"{r}/epochs.jsonl" for r in dep.run_ids]
+        logs, window=window, conf_mode=conf_mode, names=[f"{r}/{EPOCHS_FILE}" for r in dep.run_ids]
     )
     path = thresholds_path(plan, out).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -677,7 +688,7 @@ def _result_text(summary: Mapping[str, Any]) -> str:
 
 def _clear_partial(run_dir: Path) -> None:
     for p in run_dir.iterdir():
-        if p.name in (LOCK_NAME, "run.log"):
+        if p.name in (LOCK_NAME, RUN_LOG_FILE):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
@@ -733,7 +744,7 @@ def _launch(
     cmd = [*train_command, "--config", str(d / RUN_CONFIG), "--out", str(d), "--quiet"]
     if resume:
         cmd.append("--resume")
-    log = open(d / "run.log", "a", encoding="utf-8")
+    log = open(d / RUN_LOG_FILE, "a", encoding="utf-8")
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {' '.join(cmd)}\n")
     log.flush()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -776,15 +787,15 @@ def _finish(active: _Active, out: Path, interrupted: bool = False) -> RunOutcome
     active.log.write(f"# exit code {rc}\n")
     active.log.close()
     active.lock.release()
-    summary = _read_json_quiet(active.plan.dir(out) / "summary.json") or {}
-    status = str(summary.get("status", ""))
+    summary = _read_json_quiet(active.plan.dir(out) / SUMMARY_FILE) or {}
+    status = summary_status(summary)
     if status == "complete":
         return RunOutcome(active.plan.run_id, "complete", _result_text(summary), secs)
     if status.startswith("stopped"):
         return RunOutcome(active.plan.run_id, "stopped", status, secs)
     if interrupted:
         return RunOutcome(active.plan.run_id, "interrupted", "time limit: resumes next time", secs)
-    tail = _log_tail(active.plan.dir(out) / "run.log")
+    tail = _log_tail(active.plan.dir(out) / RUN_LOG_FILE)
     return RunOutcome(active.plan.run_id, "failed", f"exit code {rc}" + (f": {tail}" if tail else ""), secs)
 
 
@@ -1048,7 +1059,7 @@ def pack_study(spec: StudySpec, out: str | os.PathLike, archive: str | os.PathLi
             for p in expand(spec):
                 d = p.dir(out)
                 files = [d / f for f in PACKED_FILES if (d / f).is_file()]
-                if not any(f.name == "summary.json" for f in files):
+                if not any(f.name == SUMMARY_FILE for f in files):
                     continue
                 n += 1
                 for f in files:
@@ -1073,13 +1084,6 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _safe_member_path(name: str) -> PurePosixPath | None:
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        return None
-    return p
-
-
 def restore_archives(archives: Iterable[str | os.PathLike], out: str | os.PathLike) -> int:
     """Put the finished runs of earlier packs back under ``out`` so this study skips them (results from
     earlier sessions accumulate). Runs already complete here are left alone. Returns runs restored."""
@@ -1088,12 +1092,12 @@ def restore_archives(archives: Iterable[str | os.PathLike], out: str | os.PathLi
     for archive in archives:
         runs = read_archive_runs(archive)
         for run_id, files in runs.items():
-            summary = json.loads(files["summary.json"]) if "summary.json" in files else {}
-            if summary.get("status") != "complete":
+            summary = json.loads(files[SUMMARY_FILE]) if SUMMARY_FILE in files else {}
+            if not is_complete(summary):
                 continue
             d = Path(out, *PurePosixPath(run_id).parts)
-            local = _read_json_quiet(d / "summary.json") or {}
-            if local.get("status") == "complete":
+            local = _read_json_quiet(d / SUMMARY_FILE) or {}
+            if is_complete(local):
                 continue
             d.mkdir(parents=True, exist_ok=True)
             for name, text in files.items():
@@ -1101,31 +1105,6 @@ def restore_archives(archives: Iterable[str | os.PathLike], out: str | os.PathLi
                     atomic_write_text(d / name, text)
             restored += 1
     return restored
-
-
-def read_archive_runs(archive: str | os.PathLike) -> dict[str, dict[str, str]]:
-    """{run directory (posix, relative): {file name: text}} for the log files inside a .tar.gz."""
-    archive = Path(archive)
-    if not archive.is_file():
-        raise DebaError(f"{archive}: no such archive")
-    runs: dict[str, dict[str, str]] = {}
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                p = _safe_member_path(m.name)
-                if p is None or p.name not in PACKED_FILES or len(p.parts) < 2:
-                    continue
-                f = tar.extractfile(m)
-                if f is None:
-                    continue
-                runs.setdefault(str(p.parent), {})[p.name] = f.read().decode("utf-8", errors="replace")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        # tarfile's "could not be opened" lists every method it tried, one per line: keep the first line
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
-        raise DebaError(f"{archive}: not a readable .tar.gz archive ({reason})") from None
-    return runs
 
 
 __all__ = [

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..calibration import calibrate
     from ..data import load_dataset
     from ..logio import read_signal_log
+    from ..runfolder import CONFIG_FILE, EPOCHS_FILE, SUMMARY_FILE
     from ..training.config import TrainConfig
     from ..training.trainer import train
 
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"1/3 fixed batch size {DEMO['start_batch']} (profiling run) ...", flush=True)
     fixed = train(TrainConfig(**base, policy="fixed", out=str(out / "fixed")), dataset=data,
                   callbacks=[_Progress(args.epochs)])
-    log = read_signal_log(out / "fixed" / "epochs.jsonl")
+    log = read_signal_log(out / "fixed" / EPOCHS_FILE)
     cal = calibrate([log], window=DEMO_DEBA["window"], conf_mode="bounded")
     print(f"2/3 calibrated from it: theta_stab {cal['theta_stab']:.3g}, theta_conf {cal['theta_conf']:.3g} "
           f"(stability S {cal['stability_scores'][0]:.3f}: {cal['taxonomy']}, prediction: {cal['prediction']})")
@@ -68,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     deba = train(TrainConfig(**base, **DEMO_DEBA, theta_stab=cal["theta_stab"], theta_conf=DEMO_THETA_CONF,
                              out=str(out / "deba")), dataset=data, callbacks=[_Progress(args.epochs)])
 
-    f_recs = read_signal_log(out / "fixed" / "epochs.jsonl")
-    d_recs = read_signal_log(out / "deba" / "epochs.jsonl")
+    f_recs = read_signal_log(out / "fixed" / EPOCHS_FILE)
+    d_recs = read_signal_log(out / "deba" / EPOCHS_FILE)
     print()
     print(f"{'epoch':>5} | {'fixed B':>7} {'acc %':>6} | {'DEBA B':>6} {'acc %':>6}  decision")
     for fr, dr in zip(f_recs, d_recs):
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         png = out / "demo.png"
         _plot(f_recs, d_recs, png)
         print(f"plot: {png}")
-    print(f"logs: {out}/fixed and {out}/deba (config.json, epochs.jsonl, summary.json)")
+    print(f"logs: {out}/fixed and {out}/deba ({CONFIG_FILE}, {EPOCHS_FILE}, {SUMMARY_FILE})")
     return 0
 
 

@@ -24,6 +24,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..calibration import MIN_USABLE_EPOCHS, calibrate, write_thresholds_file
     from ..logio import make_dir, read_json, read_signal_log, write_json
+    from ..runfolder import EPOCHS_FILE, SUMMARY_FILE, is_complete
     from ..training.trainer import train
 
     out = Path(args.out)
@@ -38,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
     for seed in args.seeds:
         run_dir = out / f"seed{seed}"
         config = config_from_args(args, seed=seed, policy="fixed", out=str(run_dir))
-        done = run_dir / "summary.json"
-        if not (done.exists() and read_json(done).get("status") == "complete"):
+        done = run_dir / SUMMARY_FILE
+        if not (done.exists() and is_complete(read_json(done))):
             train(config, resume=True)
-        logs.append(read_signal_log(run_dir / "epochs.jsonl"))
-        names.append(str(run_dir / "epochs.jsonl"))
+        logs.append(read_signal_log(run_dir / EPOCHS_FILE))
+        names.append(str(run_dir / EPOCHS_FILE))
     window = args.window or 15
     report = calibrate(logs, window=window, conf_mode=args.conf, names=names)
     report["logs"] = names

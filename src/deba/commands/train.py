@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import DebaError
 from ..models import MODEL_NAMES
 from ..policy import PRESETS
+from ..runfolder import TRAIN_OUTPUTS
 from ._policy_args import policy_help
 from ..training import config as cfg
 from ..training.config import TrainConfig, load_config_file
@@ -117,7 +118,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 # what a run writes into --out; any of them there means another run's results would be overwritten
-RUN_OUTPUTS = ("config.json", "epochs.jsonl", "summary.json", "checkpoint.pt", "decisions.jsonl")
+RUN_OUTPUTS = TRAIN_OUTPUTS
 
 
 def check_out_folder(out: str | None, resume: bool) -> None:

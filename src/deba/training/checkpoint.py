@@ -15,9 +15,10 @@ import torch
 
 from ..errors import DebaError
 from ..logio import atomic_open
+from ..runfolder import CHECKPOINT_FILE
 
 CHECKPOINT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = CHECKPOINT_FILE
 
 
 def rng_state() -> dict:

@@ -69,6 +69,7 @@ import torch
 from ..errors import DebaError
 from ..logio import make_dir, read_json, write_json, write_jsonl
 from ..policy import BatchSizePolicy, EpochSignals
+from ..runfolder import CONFIG_FILE, DECISIONS_FILE, EPOCHS_FILE, SUMMARY_FILE
 from ..signals import NOISE_FIELDS
 from .build import build_policy, policy_arch_name, resolve_device
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state, snapshot_state
@@ -415,10 +416,10 @@ class Trainer:
         summary = self.summary()
         if self.out is None or not self.dist.is_main:
             return summary
-        write_jsonl(self.out / "epochs.jsonl", self.state.records)
+        write_jsonl(self.out / EPOCHS_FILE, self.state.records)
         if self.config.decision_interval:
-            write_jsonl(self.out / "decisions.jsonl", self.state.decisions)
-        write_json(self.out / "summary.json", summary)
+            write_jsonl(self.out / DECISIONS_FILE, self.state.decisions)
+        write_json(self.out / SUMMARY_FILE, summary)
         return summary
 
     def summary(self) -> dict:
@@ -788,7 +789,7 @@ class Trainer:
         for note in [] if resumed else self.policy.notes:  # how a setting was derived (a scaled cooldown)
             self._event(note)
         if self.out and self.dist.is_main:
-            write_json(self.out / "config.json", c.to_dict())
+            write_json(self.out / CONFIG_FILE, c.to_dict())
         progress = None
         if not c.quiet and self.dist.is_main:
             from tqdm.auto import tqdm
@@ -924,4 +925,4 @@ def train(config: TrainConfig, *, resume: bool = False, model: torch.nn.Module |
 
 
 def read_summary(out: str | Path) -> dict:
-    return read_json(Path(out) / "summary.json")
+    return read_json(Path(out) / SUMMARY_FILE)
