@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ SIGNAL_MODES = ("last", "epoch-avg")
 NONFINITE_ACTIONS = ("skip", "stop")
 INTERVAL_UNITS = ("steps", "samples")
 PATH_FIELDS = ("data", "thresholds", "out", "tensorboard")  # may be given as os.PathLike
+SEED_FIELDS = ("seed", "subset_seed")
 
 
 @dataclass
@@ -87,6 +89,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs; 0 disables checkpoints
     max_nonfinite: int = 3
     nonfinite_action: str = "skip"
+    dist_timeout: float = 300.0  # seconds a collective may wait for a rank before the job ends (torchrun)
     # outputs
     out: str | None = None
     run_name: str | None = None
@@ -104,6 +107,7 @@ class TrainConfig:
                 raise DebaError(f"{name} must be one of {', '.join(options)}, got {v!r}")
 
         self._check_types()
+        self._check_ranges()
         choice("policy", tuple(_REGISTRY))
         choice("lr_schedule", LR_SCHEDULES)
         choice("lr_scaling", LR_SCALINGS)
@@ -174,6 +178,25 @@ class TrainConfig:
             if getattr(self, name) != default:
                 out.append(name)
         return out
+
+    def _check_ranges(self) -> None:
+        """Every number finite and of a size the run can use: seeds as numpy and torch take them (0 to
+        2**32 - 1), other integers below 2**62, dist_timeout above 0."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise DebaError(f"{option(f.name)} must be a finite number, got {v!r}")
+            if f.name in SEED_FIELDS and isinstance(v, int) and not 0 <= v < 2 ** 32:
+                raise DebaError(f"{option(f.name)} must be an integer from 0 to {2 ** 32 - 1}, got {v}")
+            values = v if isinstance(v, list) else [v]
+            for x in values:
+                if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 2 ** 62:
+                    raise DebaError(f"{option(f.name)} is out of range, got {x}")
+        if isinstance(self.dist_timeout, (int, float)) and not isinstance(self.dist_timeout, bool) \
+                and self.dist_timeout <= 0:
+            raise DebaError(f"{option('dist_timeout')} must be a number of seconds > 0, got {self.dist_timeout!r}")
 
     def _check_types(self) -> None:
         """Each value has its field's type (a config file can hold anything): one line naming the key."""
