@@ -67,8 +67,7 @@ def fault(n: int):
 
 @pytest.fixture(autouse=True)
 def _record_fault(request, record_property):
-    m = request.node.get_closest_marker("fault")
-    if m:
+    for m in request.node.iter_markers("fault"):
         record_property("fault", m.args[0])
 
 
@@ -467,3 +466,61 @@ def test_killed_study_leaves_no_training_and_the_rerun_resumes(tmp_path):
         time.sleep(0.1)
     assert not _alive(child), "deba train outlived the study killed with SIGKILL"
     assert RunLock(run_dir).acquire()  # nobody holds the run any more
+
+
+# --- 9 for real: a stuck rank under torchrun ------------------------------------------------------------
+def _rank_pids(parent: int) -> dict[int, int]:
+    """rank -> pid of the torchrun workers whose parent is ``parent``."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().split(")")[-1].split()[1])
+            env = dict(kv.split("=", 1) for kv in (d / "environ").read_text().split("\0") if "=" in kv)
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and "RANK" in env and "LOCAL_RANK" in env:
+            found[int(env["RANK"])] = int(d.name)
+    return found
+
+
+@fault(9)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stopped_rank_ends_the_job_after_dist_timeout(tmp_path):
+    out = tmp_path / "ddp"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "deba", *_cli_args(out, "--arch", "tiny_mlp", "--epochs", "500", "--dist-timeout", "5")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    stopped = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "epochs.jsonl").exists():
+            time.sleep(0.2)
+        ranks = _rank_pids(proc.pid)
+        assert 1 in ranks, ranks
+        stopped = ranks[1]
+        os.kill(stopped, signal.SIGSTOP)
+        t0 = time.time()
+        while time.time() < t0 + 120 and _alive(ranks[0]):
+            time.sleep(0.1)
+        waited = time.time() - t0  # rank 0 gave up: not torch's 30 minutes
+        os.kill(stopped, signal.SIGKILL)  # torchrun would too, after its own grace period
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if stopped:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(stopped, sig)
+                except ProcessLookupError:
+                    pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and waited < 60
+    assert "waited longer than --dist-timeout 5 s" in err and "rank 0 of 2" in err
+    assert json.loads((out / "config.json").read_text())["dist_timeout"] == 5

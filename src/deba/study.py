@@ -36,6 +36,7 @@ is started after them, or, where they are in another shard or run by another pro
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -678,7 +679,7 @@ def _launch(
             env=env,
             start_new_session=True,
             pass_fds=(lock.fd,),
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
     except OSError:
         log.close()
@@ -686,7 +687,7 @@ def _launch(
     return _Active(plan, proc, lock, log, time.monotonic(), resume)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """In the child before exec: ask Linux to SIGKILL it when the study dies (PR_SET_PDEATHSIG), so a study
     killed with SIGKILL leaves no training running that its rerun would start again beside. Elsewhere a
     no-op: the run folder's lock (held by the orphan) still keeps a rerun from starting the same run."""
@@ -698,7 +699,9 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:  # the study died before the request took effect
+        os._exit(1)
 
 
 def _stop(active: _Active, grace_s: float = 30.0) -> None:

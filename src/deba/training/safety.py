@@ -43,6 +43,13 @@ def agree_any(flag: bool, device: torch.device, enabled: bool) -> bool:
     return bool(t.item())
 
 
+def is_collective_timeout(err: BaseException) -> bool:
+    """Whether a process-group error is a collective that ran past its timeout (gloo: "Timed out waiting
+    ... for recv"; NCCL: "Watchdog caught collective operation timeout")."""
+    text = str(err).lower()
+    return "timed out" in text or "timeout" in text
+
+
 # --- stop requests ---------------------------------------------------------------------------------
 STOP_EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, as a shell reports it
 

@@ -116,6 +116,11 @@ class RestartNeeded(DebaError):
     exit_code = 75
 
 
+class RankTimeout(RestartNeeded):
+    """A collective waited longer than ``dist_timeout`` for a rank (stopped, hung or dead): exit 75, so
+    ``torchrun --max-restarts N`` starts the job again and it resumes from the checkpoint."""
+
+
 OOM_LIMITS_GLOB = "oom-rank*.json"  # per rank: {"b_max_cap": N} and/or {"micro_batch": M}, see _persist_oom_limit
 
 
@@ -824,6 +829,13 @@ class Trainer:
         """
         try:
             summary = self._fit(resume, resume_fallback)
+        except RuntimeError as e:  # gloo / NCCL report a collective past its timeout as a RuntimeError
+            if not (self.dist.enabled and safety.is_collective_timeout(e)):
+                raise
+            raise RankTimeout(f"rank {self.dist.rank} of {self.dist.world_size}: a collective waited longer than "
+                              f"{option('dist_timeout')} {self.config.dist_timeout:g} s (a rank stopped "
+                              "responding or died): stopping so the job can start again with --resume "
+                              "(torchrun --max-restarts N does it)") from None
         finally:
             self._stop.uninstall()
             if self._lock is not None:
