@@ -129,8 +129,8 @@ def load_for_resume(path: Path, fallback: bool, map_location: Any = "cpu") -> tu
         return load_checkpoint(path, map_location), None
     except CheckpointDamaged as e:
         if not fallback:
-            hint = (f"; --resume-fallback resumes from the previous one ({prev.name})" if prev.is_file()
-                    else "; delete it to start the run afresh")
+            hint = (f"; --resume-fallback resumes from the previous one ({prev.name}), or delete it to start "
+                    "the run afresh" if prev.is_file() else "; delete it to start the run afresh")
             raise CheckpointDamaged(f"{e}{hint}") from None
         if not prev.is_file():
             raise CheckpointDamaged(f"{e}; no previous checkpoint ({prev.name}) to fall back to") from None

@@ -157,6 +157,7 @@ class TrainConfig:
         if self.policy == "seesaw" and self.decision_interval and self.decision_interval_unit == "steps":
             raise DebaError("policy seesaw follows training progress: use decision_interval_unit samples "
                             "(or decide per epoch)")
+        self._check_int_sizes()
 
     @property
     def collects_noise(self) -> bool:
@@ -181,7 +182,7 @@ class TrainConfig:
 
     def _check_ranges(self) -> None:
         """Every number finite and of a size the run can use: seeds as numpy and torch take them (0 to
-        2**32 - 1), other integers below 2**62, dist_timeout above 0."""
+        2**32 - 1), dist_timeout above 0 (integers below 2**62: _check_int_sizes)."""
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, bool) or v is None:
@@ -190,13 +191,21 @@ class TrainConfig:
                 raise DebaError(f"{option(f.name)} must be a finite number, got {v!r}")
             if f.name in SEED_FIELDS and isinstance(v, int) and not 0 <= v < 2 ** 32:
                 raise DebaError(f"{option(f.name)} must be an integer from 0 to {2 ** 32 - 1}, got {v}")
-            values = v if isinstance(v, list) else [v]
-            for x in values:
-                if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 2 ** 62:
-                    raise DebaError(f"{option(f.name)} is out of range, got {x}")
         if isinstance(self.dist_timeout, (int, float)) and not isinstance(self.dist_timeout, bool) \
                 and self.dist_timeout <= 0:
             raise DebaError(f"{option('dist_timeout')} must be a number of seconds > 0, got {self.dist_timeout!r}")
+
+    def _check_int_sizes(self) -> None:
+        """Last, after the checks that say more: no integer past 2**62."""
+        from ..policy.base import MAX_WINDOW
+
+        if self.window is not None and self.window > MAX_WINDOW:
+            raise DebaError(f"window must be at most {MAX_WINDOW}, got {self.window}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            for x in v if isinstance(v, list) else [v]:
+                if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 2 ** 62:
+                    raise DebaError(f"{option(f.name)} is out of range, got {x}")
 
     def _check_types(self) -> None:
         """Each value has its field's type (a config file can hold anything): one line naming the key."""
