@@ -81,11 +81,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"deba {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a file that cannot be read or written, met where no earlier check caught it
-        from .errors import STORAGE_ERRNOS, StorageError
-
         where = f"{e.filename}: " if e.filename else ""
         print(f"deba {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
-        return StorageError.exit_code if e.errno in STORAGE_ERRNOS else 2
+        return 2
     except KeyboardInterrupt:
         print(f"deba {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -52,6 +52,7 @@ Safety rules, each tested (docs/reliability.md):
 """
 from __future__ import annotations
 
+import datetime
 import gc
 import math
 import os
@@ -161,7 +162,7 @@ def init_distributed(device_pref: str, timeout_s: float | None = None) -> DistIn
         start = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"deba/start{start}", store)
         # timeout: a rank that stops responding ends the job after this long, not torch's 30-minute default
-        kw = {"timeout": __import__("datetime").timedelta(seconds=timeout_s)} if timeout_s else {}
+        kw = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
                                 **kw)
         here = True
