@@ -129,6 +129,20 @@ def test_lr_50_ends_diverged_exit_3_with_a_finite_checkpoint(tmp_path, capsys):
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
 
 
+@fault(11)
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}\n")
+        save_checkpoint(tmp_path / CHECKPOINT_NAME, {"run": {}})
+        save_checkpoint(tmp_path / CHECKPOINT_NAME, {"run": {}})  # the first becomes checkpoint.prev.pt
+    finally:
+        os.umask(old)
+    for name in ("summary.json", CHECKPOINT_NAME, PREVIOUS_NAME):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
 # --- 2: one writer per run folder -----------------------------------------------------------------------
 HOLD = ("import sys, time; from deba.runlock import RunLock; lock = RunLock(sys.argv[1]); "
         "assert lock.acquire(); print('held', flush=True); time.sleep(120)")
@@ -331,7 +345,7 @@ def test_out_of_range_number_is_one_line_exit_2(tmp_path, capsys, flag, value):
 
 
 @fault(8)
-def test_every_numeric_option_gives_a_deba_error_or_is_accepted():
+def test_every_numeric_option_refuses_nan_inf_and_out_of_range():
     import dataclasses
 
     for f in dataclasses.fields(TrainConfig):
@@ -441,7 +455,7 @@ def _alive(pid: int) -> bool:
 
 @fault(10)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_killed_study_leaves_no_training_and_the_rerun_resumes(tmp_path):
+def test_killed_study_takes_its_training_with_it_and_frees_the_run(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(json.dumps({
         "name": "k", "epochs": 40, "datasets": ["synthetic"], "archs": ["tiny_cnn"], "seeds": [0],
