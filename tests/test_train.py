@@ -130,7 +130,9 @@ def test_no_host_read_per_step(tmp_path, monkeypatch):
     trainer.fit()
     steps = sum(r["steps"] for r in trainer.state.records)
     assert steps > 50
-    assert len(reads) <= 2 * cfg.epochs, reads  # one signal read + one evaluation read per epoch
+    # per epoch: one signal read, one evaluation read, one non-finite check of parameters, gradients and
+    # buffers (deba.training.safety); and one last check of the model before the run may end complete
+    assert len(reads) <= 3 * cfg.epochs + 1, reads
 
 
 def test_tensorboard_logs_per_epoch_scalars(tmp_path):

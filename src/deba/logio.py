@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .errors import DebaError, OutputError
+from .errors import DebaError, OutputError, storage_error
 
 SCHEMA_VERSION = 1
 
@@ -38,10 +38,20 @@ def dumps(obj: Any, **kw) -> str:
     return json.dumps(clean_json(obj), default=_default, allow_nan=False, **kw)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w"):
     """Open a temporary file beside ``path``; on success it is fsynced and renamed over ``path``, so a crash
-    leaves either the old file or the new one, never a mix. On error the temporary file is removed."""
+    leaves either the old file or the new one, never a mix. On error the temporary file is removed.
+
+    The file gets the permissions of an ordinary new file (0666 less the umask; mkstemp alone makes 0600).
+    A write the file system refuses (no space, read-only, permission) raises StorageError (exit code 74)
+    naming the file and the operation."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"cannot write {path}: it is a folder")
@@ -49,16 +59,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise OutputError(f"cannot write {path}: {why_not_writable(path, e)}") from None
+        raise storage_error(f"cannot write {path} (creating a temporary file beside it): "
+                            f"{why_not_writable(path, e)}", e) from None
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if isinstance(e, OutputError):
+                raise
+            raise storage_error(f"cannot write {path}: {e.strerror or e}", e) from None
         try:
             os.replace(tmp, path)
         except OSError as e:
-            raise OutputError(f"cannot write {path}: {why_not_writable(path, e)}") from None
+            raise storage_error(f"cannot write {path} (renaming the temporary file over it): "
+                                f"{why_not_writable(path, e)}", e) from None
     except BaseException:
         try:
             os.unlink(tmp)
@@ -89,7 +107,7 @@ def make_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot create {what} {path}: {why_not_writable(path, e)}") from None
+        raise storage_error(f"cannot create {what} {path}: {why_not_writable(path, e)}", e) from None
     return path
 
 

@@ -21,6 +21,8 @@ EPOCHS_FILE = "epochs.jsonl"
 SUMMARY_FILE = "summary.json"
 DECISIONS_FILE = "decisions.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"  # the previous good checkpoint (deba.training.checkpoint)
+LOCK_FILE = ".lock"  # the one writer's lock (deba.runlock)
 RUN_LOG_FILE = "run.log"  # the study's log of the `deba train` child
 
 # what a report reads from each run
@@ -46,9 +48,9 @@ def is_complete(summary: Mapping[str, Any]) -> bool:
 
 
 def is_finished(summary: Mapping[str, Any]) -> bool:
-    """The run will not run again: complete, or stopped by the trainer (e.g. non-finite)."""
+    """The run will not run again: complete, stopped by the trainer (e.g. non-finite) or diverged."""
     status = summary_status(summary)
-    return status == COMPLETE or status.startswith("stopped")
+    return status == COMPLETE or status.startswith(("stopped", "diverged"))
 
 
 # --- reading runs: a folder or an archive --------------------------------------------------------------
@@ -116,6 +118,8 @@ __all__ = [
     "SUMMARY_FILE",
     "DECISIONS_FILE",
     "CHECKPOINT_FILE",
+    "PREVIOUS_CHECKPOINT_FILE",
+    "LOCK_FILE",
     "RUN_LOG_FILE",
     "RUN_FILES",
     "RUN_OUTPUTS",

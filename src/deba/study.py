@@ -36,15 +36,13 @@ is started after them, or, where they are in another shard or run by another pro
 
 from __future__ import annotations
 
-import errno
-import fcntl
+import functools
 import io
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -70,6 +68,7 @@ from .runfolder import (
     read_archive_runs,
     summary_status,
 )
+from .runlock import LOCK_FD_ENV, LOCK_NAME, RunLock
 from .training.config import TrainConfig
 
 SPEC_KEYS = (
@@ -107,7 +106,6 @@ THRESHOLDS_NAME = "thresholds.json"  # where calibrate_from writes, in the depen
 # RUN_OUTPUTS, PACKED_FILES: deba.runfolder (imported above)
 SPEC_COPY = "study.yaml"
 RUN_CONFIG = "study-config.json"  # what the study hands to `deba train --config`
-LOCK_NAME = ".lock"
 CHECKPOINT = CHECKPOINT_FILE
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -487,73 +485,6 @@ def shard_plans(plans: Sequence[RunPlan], shard: tuple[int, int] | None) -> list
 
 
 # --- per-run state on disk -------------------------------------------------------------------------
-class RunLock:
-    """One study process per run at a time.
-
-    The lock file holds the owner's pid and host (for people reading it); what excludes is an flock on it,
-    which the kernel drops when the owning process dies, so a lock left by a dead process is free to take
-    over without guessing from pids. The running `deba train` inherits the locked descriptor, so the run
-    stays locked even if the study process that started it is killed first.
-    """
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_NAME
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                os.close(fd)
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    return False
-                raise DebaError(
-                    f"{self.path}: cannot lock ({e.strerror}); does this filesystem support flock?"
-                ) from None
-            # the previous owner may have unlinked the file between our open and our flock: then we hold a
-            # lock on a file nobody else sees, and must try again on the current one
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-
-    def is_held_elsewhere(self) -> bool:
-        if not self.path.exists():
-            return False
-        if self.fd is not None:
-            return False
-        if self.acquire():
-            self.release()
-            return False
-        return True
-
-    def holder(self) -> str:
-        try:
-            return self.path.read_text().strip()
-        except OSError:
-            return "?"
-
-
 def _read_json_quiet(path: Path) -> dict | None:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -586,7 +517,7 @@ def run_status(plan: RunPlan, out: Path, check_lock: bool = True) -> tuple[str, 
     status = summary_status(summary)
     if status == "complete":
         return "complete", _result_text(summary)
-    if status.startswith("stopped"):
+    if status.startswith(("stopped", "diverged")):
         return "stopped", status
     if check_lock and RunLock(d).is_held_elsewhere():
         return "running", f"locked by {RunLock(d).holder()}"
@@ -747,7 +678,8 @@ def _launch(
     log = open(d / RUN_LOG_FILE, "a", encoding="utf-8")
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'}: {' '.join(cmd)}\n")
     log.flush()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # the child adopts the study's lock on the run folder (deba.runlock): one lock, not two refusing each other
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{LOCK_FD_ENV: str(lock.fd)})
     try:
         # a session of its own: the study decides when its runs stop (and stops their workers with them)
         proc = subprocess.Popen(
@@ -758,11 +690,29 @@ def _launch(
             env=env,
             start_new_session=True,
             pass_fds=(lock.fd,),
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
     except OSError:
         log.close()
         raise
     return _Active(plan, proc, lock, log, time.monotonic(), resume)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec: ask Linux to SIGKILL it when the study dies (PR_SET_PDEATHSIG), so a study
+    killed with SIGKILL leaves no training running that its rerun would start again beside. Elsewhere a
+    no-op: the run folder's lock (held by the orphan) still keeps a rerun from starting the same run."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the study died before the request took effect
+        os._exit(1)
 
 
 def _stop(active: _Active, grace_s: float = 30.0) -> None:
@@ -791,7 +741,7 @@ def _finish(active: _Active, out: Path, interrupted: bool = False) -> RunOutcome
     status = summary_status(summary)
     if status == "complete":
         return RunOutcome(active.plan.run_id, "complete", _result_text(summary), secs)
-    if status.startswith("stopped"):
+    if status.startswith(("stopped", "diverged")):
         return RunOutcome(active.plan.run_id, "stopped", status, secs)
     if interrupted:
         return RunOutcome(active.plan.run_id, "interrupted", "time limit: resumes next time", secs)

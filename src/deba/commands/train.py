@@ -56,6 +56,9 @@ HELP = {
                   "(remembered for the run) instead of capping B_max",
     "lr_scaling": "scale the learning rate with (batch size / start batch)^p: none (p=0), sqrt (1/2), linear (1)",
     "nonfinite_action": "on a non-finite epoch: skip (discard the epoch, go on) or stop",
+    "dist_timeout": "multi-process runs: seconds a collective waits for a rank that stopped responding before "
+                    "the job ends (so torchrun --max-restarts can restart it)",
+    "seed": "0 to 2**32-1",
 }
 
 
@@ -108,12 +111,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one model with a batch-size policy",
                        description="Train one model: the paper's protocol by default (SGD lr 0.01, momentum 0.9, "
                                    "wd 5e-4, 100 epochs, start batch 64). Writes config.json, epochs.jsonl, "
-                                   "summary.json and checkpoint.pt into --out. Exit code: 0 done, 2 bad input, "
-                                   "3 stopped after --max-nonfinite non-finite epochs, 75 out of memory on one rank "
+                                   "summary.json and checkpoint.pt (the previous one kept as checkpoint.prev.pt) "
+                                   "into --out, which one run at a time may write (OUT/.lock). Exit code: 0 done, "
+                                   "2 bad input (a damaged or unfitting checkpoint, an --out another run is "
+                                   "writing), 3 stopped after --max-nonfinite non-finite epochs or diverged "
+                                   "(nothing finite left), 74 a file could not be written or read (disk full, "
+                                   "read-only, permission: --resume once fixed), 75 out of memory on one rank "
                                    "of a multi-process run (start it again with --resume; torchrun "
-                                   "--max-restarts N does that).")
+                                   "--max-restarts N does that), 130 SIGINT / 143 SIGTERM: stopped at the next "
+                                   "step with a checkpoint (--resume goes on from that step). A run under a "
+                                   "cosine schedule cannot be extended: --resume with other --epochs is refused.")
     add_train_options(p)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--resume-fallback", action="store_true",
+                   help="with --resume: if checkpoint.pt is damaged, resume from checkpoint.prev.pt (one epoch "
+                        "earlier) instead of stopping")
     return p
 
 
@@ -140,7 +152,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     check_out_folder(config.out, args.resume)
-    summary = train(config, resume=args.resume)
+    if args.resume_fallback and not args.resume:
+        raise DebaError("--resume-fallback needs --resume")
+    summary = train(config, resume=args.resume, resume_fallback=args.resume_fallback)
     if not config.quiet:
         acc = summary["final_test_acc"]
         print(f"{summary['arch']} {summary['policy']}: final test acc "

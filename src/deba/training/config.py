@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -27,6 +28,7 @@ SIGNAL_MODES = ("last", "epoch-avg")
 NONFINITE_ACTIONS = ("skip", "stop")
 INTERVAL_UNITS = ("steps", "samples")
 PATH_FIELDS = ("data", "thresholds", "out", "tensorboard")  # may be given as os.PathLike
+SEED_FIELDS = ("seed", "subset_seed")
 
 
 @dataclass
@@ -91,6 +93,7 @@ class TrainConfig:
     precise_bn: int = 0  # before each evaluation, BatchNorm statistics recomputed over this many training batches
     max_nonfinite: int = 3
     nonfinite_action: str = "skip"
+    dist_timeout: float = 300.0  # seconds a collective may wait for a rank before the job ends (torchrun)
     # outputs
     out: str | None = None
     run_name: str | None = None
@@ -108,6 +111,7 @@ class TrainConfig:
                 raise DebaError(f"{name} must be one of {', '.join(options)}, got {v!r}")
 
         self._check_types()
+        self._check_ranges()
         choice("policy", tuple(_REGISTRY))
         choice("lr_schedule", LR_SCHEDULES)
         choice("lr_scaling", LR_SCALINGS)
@@ -159,6 +163,7 @@ class TrainConfig:
         if self.policy == "seesaw" and self.decision_interval and self.decision_interval_unit == "steps":
             raise DebaError("policy seesaw follows training progress: use decision_interval_unit samples "
                             "(or decide per epoch)")
+        self._check_int_sizes()
 
     @property
     def collects_noise(self) -> bool:
@@ -180,6 +185,33 @@ class TrainConfig:
             if getattr(self, name) != default:
                 out.append(name)
         return out
+
+    def _check_ranges(self) -> None:
+        """Every number finite and of a size the run can use: seeds as numpy and torch take them (0 to
+        2**32 - 1), dist_timeout above 0 (integers below 2**62: _check_int_sizes)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or v is None:
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                raise DebaError(f"{option(f.name)} must be a finite number, got {v!r}")
+            if f.name in SEED_FIELDS and isinstance(v, int) and not 0 <= v < 2 ** 32:
+                raise DebaError(f"{option(f.name)} must be an integer from 0 to {2 ** 32 - 1}, got {v}")
+        if isinstance(self.dist_timeout, (int, float)) and not isinstance(self.dist_timeout, bool) \
+                and self.dist_timeout <= 0:
+            raise DebaError(f"{option('dist_timeout')} must be a number of seconds > 0, got {self.dist_timeout!r}")
+
+    def _check_int_sizes(self) -> None:
+        """Last, after the checks that say more: no integer past 2**62."""
+        from ..policy.base import MAX_WINDOW
+
+        if self.window is not None and self.window > MAX_WINDOW:
+            raise DebaError(f"window must be at most {MAX_WINDOW}, got {self.window}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            for x in v if isinstance(v, list) else [v]:
+                if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 2 ** 62:
+                    raise DebaError(f"{option(f.name)} is out of range, got {x}")
 
     def _check_types(self) -> None:
         """Each value has its field's type (a config file can hold anything): one line naming the key."""

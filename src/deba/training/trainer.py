@@ -52,6 +52,7 @@ Safety rules, each tested (docs/reliability.md):
 """
 from __future__ import annotations
 
+import datetime
 import gc
 import math
 import os
@@ -66,19 +67,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..errors import DebaError
+from ..errors import DebaError, option
 from ..logio import make_dir, read_json, write_json, write_jsonl
+from ..runlock import lock_run_folder
 from ..policy import BatchSizePolicy, EpochSignals
 from ..runfolder import CONFIG_FILE, DECISIONS_FILE, EPOCHS_FILE, SUMMARY_FILE
 from ..signals import NOISE_FIELDS
 from .build import build_policy, policy_arch_name, resolve_device
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state, snapshot_state
+from . import safety
+from .checkpoint import CHECKPOINT_NAME, fit_problem, load_for_resume, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import snapshot_state
 from .config import TrainConfig
 from .schedule import learning_rate
 
 # config keys that may differ between a checkpoint and a resuming run
 RESUME_MUTABLE_KEYS = {"quiet", "tensorboard", "out", "concurrent_runs", "device", "checkpoint_every", "epochs",
-                       "max_nonfinite", "nonfinite_action"}
+                       "max_nonfinite", "nonfinite_action", "dist_timeout"}
 
 OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
     t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
@@ -89,6 +93,22 @@ class NonFiniteStop(DebaError):
     exit_code = 3
 
 
+class Diverged(NonFiniteStop):
+    """Nothing good is left: every period was non-finite, or the state itself is (status ``diverged``)."""
+
+
+class Interrupted(DebaError):
+    """Stopped by SIGTERM (exit code 143) or SIGINT (130) at a step boundary, with a checkpoint to resume."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _StopNow(Exception):
+    """Raised at a step boundary when a stop was requested; caught in Trainer._fit."""
+
+
 class RestartNeeded(DebaError):
     """A multi-process run ran out of memory on one rank: it cannot go on in this process group (the other
     ranks wait in a collective this rank will never join), so it stops; the limit it learnt is written to
@@ -96,6 +116,11 @@ class RestartNeeded(DebaError):
     EX_TEMPFAIL ("try again"); ``torchrun --max-restarts N`` restarts on any failure."""
 
     exit_code = 75
+
+
+class RankTimeout(RestartNeeded):
+    """A collective waited longer than ``dist_timeout`` for a rank (stopped, hung or dead): exit 75, so
+    ``torchrun --max-restarts N`` starts the job again and it resumes from the checkpoint."""
 
 
 OOM_LIMITS_GLOB = "oom-rank*.json"  # per rank: {"b_max_cap": N} and/or {"micro_batch": M}, see _persist_oom_limit
@@ -117,7 +142,7 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_pref: str) -> DistInfo:
+def init_distributed(device_pref: str, timeout_s: float | None = None) -> DistInfo:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -137,7 +162,10 @@ def init_distributed(device_pref: str) -> DistInfo:
         store, rank, world = next(rendezvous("env://"))
         start = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         store = dist.PrefixStore(f"deba/start{start}", store)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world)
+        # timeout: a rank that stops responding ends the job after this long, not torch's 30-minute default
+        kw = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
+                                **kw)
         here = True
         # A process that exits with its process group alive can abort in interpreter teardown ("terminate
         # called without an active exception", SIGABRT; pytorch/pytorch#190489, #179291): seen twice here in
@@ -219,7 +247,7 @@ class Trainer:
     ):
         self.config = config
         self.callbacks = list(callbacks)
-        self.dist = init_distributed(config.device)
+        self.dist = init_distributed(config.device, config.dist_timeout)
         self.device = resolve_device(config.device, self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -236,6 +264,12 @@ class Trainer:
         self._step_factory = step_factory
         # interval mode: model and optimizer at the start of the open period (restored if it is non-finite)
         self._period_snapshot: dict | None = None
+        # safety (deba.training.safety): stop requests, the run folder's lock, an interrupted epoch's progress
+        self._stop = safety.StopRequest()
+        self._lock = None
+        self._partial: dict | None = None  # set by a stop mid-epoch (saved) or by resume (continued)
+        self._epoch_start: dict = {}
+        self._notes_after_resume: list[str] = []
         self._setup()
 
     # --- setup ---------------------------------------------------------------------------------
@@ -358,6 +392,7 @@ class Trainer:
             # interval mode: the open period's accumulators and its starting state (None between periods)
             "signals": signals,
             "period_start": self._period_snapshot,
+            "partial_epoch": self._partial,  # a stop mid-epoch: where the epoch goes on (None otherwise)
         })
 
     def _signals_state(self) -> dict:
@@ -373,11 +408,16 @@ class Trainer:
             state.update(zip(keys, t.tolist()))
         return state
 
-    def resume(self) -> bool:
+    def resume(self, fallback: bool = False) -> bool:
         path = self.checkpoint_path()
         if path is None or not path.exists():
             return False
-        payload = load_checkpoint(path, map_location=self.device)
+        payload, note = load_for_resume(path, fallback, map_location=self.device)
+        if note:
+            self._notes_after_resume.append(note)
+        problem = fit_problem(payload, self.model, set(RunState.__dataclass_fields__))
+        if problem:
+            raise DebaError(f"{path}: checkpoint does not fit this run: {problem}")
         saved = payload["config"]
         mine = self.config.to_dict()
         # a key the checkpoint's deba did not know yet had its default then
@@ -388,11 +428,26 @@ class Trainer:
                             "resume with the same settings or use another --out")
         if payload["run"]["epoch"] > self.config.epochs:
             raise DebaError(f"{path}: checkpoint is at epoch {payload['run']['epoch']}, beyond --epochs {self.config.epochs}")
+        horizon = saved.get("epochs", defaults["epochs"])
+        if self.config.lr_schedule == "cosine" and horizon != self.config.epochs:
+            # the cosine decay is laid over the run's epochs: another horizon would restart it mid-run
+            raise DebaError(f"{path}: the run's cosine schedule decays over {horizon} epochs; resuming with "
+                            f"{option('epochs')} {self.config.epochs} would restart the decay. Resume with "
+                            f"{option('epochs')} {horizon}, or start a new run for a longer schedule")
         self.model.load_state_dict(payload["model"])
-        self.step.load_state_dict(payload["step"])
-        self.policy.load_state_dict(payload["policy"])
-        set_rng_state(payload["rng"])
+        try:
+            self.step.load_state_dict(payload["step"])
+            self.policy.load_state_dict(payload["policy"])
+            set_rng_state(payload["rng"])
+        except (DebaError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+            what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DebaError(f"{path}: checkpoint does not fit this run's optimizer, policy or RNG ({what})") from None
+        bad = safety.nonfinite_tensors(self.model)
+        if bad:
+            raise DebaError(f"{path}: checkpoint holds non-finite values ({', '.join(bad)}); resume from an "
+                            "earlier checkpoint or start afresh")
         self.state = RunState(**payload["run"])
+        self._partial = payload.get("partial_epoch")
         self.state.status = "running"
         signals = payload.get("signals")
         if signals is not None:
@@ -402,7 +457,9 @@ class Trainer:
         self._period_snapshot = payload.get("period_start")
         if self.state.micro_batch is not None:
             self._set_micro_batch(self.state.micro_batch)
-        self._event(f"resumed from checkpoint at epoch {self.state.epoch}")
+        part = self._partial
+        self._event(f"resumed from checkpoint at epoch {self.state.epoch}"
+                    + (f", step {part['steps']} of epoch {part['epoch']}" if part else ""))
         return True
 
     # --- outputs ---------------------------------------------------------------------------------
@@ -590,6 +647,14 @@ class Trainer:
             self.state.micro_batch = micro
             self._event(f"micro-batch set to {micro} (out of memory in an earlier start of this run)")
 
+    STOP_CHECK_STEPS = 8  # multi-process: ranks agree on a stop request every this many steps
+
+    def _stop_due(self, steps: int) -> bool:
+        """Whether to stop at this step boundary; under DDP decided together, so no rank stops alone."""
+        if not self.dist.enabled:
+            return self._stop.requested
+        return steps % self.STOP_CHECK_STEPS == 0 and safety.agree_any(self._stop.requested, self.device, True)
+
     def _period_due(self) -> bool:
         c, s = self.config, self.state
         done = s.since_decision_samples if c.decision_interval_unit == "samples" else s.since_decision_steps
@@ -607,6 +672,10 @@ class Trainer:
         offset, steps, samples = 0, 0, 0
         batch_steps: list[list[int]] = []  # [batch size, steps] in the order trained
         periods: list[dict] = []  # decisions made in this epoch
+        part, self._partial = self._partial, None
+        if part and part["epoch"] == epoch:  # resumed after a stop mid-epoch: go on where it stopped
+            offset, steps, samples = part["offset"], part["steps"], part["samples"]
+            batch_at_start, batch_steps, periods = part["batch_at_start"], part["batch_steps"], part["periods"]
         self.train_module.train()
         while s.status == "running":
             size = self.policy.batch_size
@@ -643,6 +712,13 @@ class Trainer:
                             if s.status != "running" or self.policy.batch_size != size:
                                 restart = True
                                 break
+                    if self._stop_due(steps):
+                        self._partial = {"epoch": epoch, "offset": offset, "steps": steps, "samples": samples,
+                                         "batch_at_start": batch_at_start, "batch_steps": batch_steps,
+                                         "periods": periods, "lr_at_start": self._epoch_start["lr_at_start"],
+                                         "snapshot": self._epoch_start["snapshot"],
+                                         "train_time_s": time.perf_counter() - self._epoch_start["t0"]}
+                        raise _StopNow
             except OOM_ERRORS as e:
                 self._handle_oom(size, e)
                 restart = True
@@ -659,6 +735,9 @@ class Trainer:
         # a non-finite noise sample (a non-finite gradient norm) makes the period non-finite too
         nonfinite = sig["nonfinite_steps"] > 0 or sig.get("gns_nonfinite", 0) > 0 or not all(
             v is not None and math.isfinite(v) for v in (sig["grad_var"], sig["grad_norm"], sig["loss"]))
+        # the whole trained state: parameters, gradients and buffers (BatchNorm's running_var can overflow alone)
+        bad_state = safety.nonfinite_tensors(self.model)
+        nonfinite = safety.agree_any(nonfinite or bool(bad_state), self.device, self.dist.enabled)
         signals = EpochSignals(s.period, sig["grad_var"], sig["grad_norm"], None if nonfinite else sig["loss"],
                                gns_g2=sig.get("gns_g2"), gns_trace=sig.get("gns_trace"))
         if self.dist.enabled:  # decided once on rank 0 and broadcast, so every rank makes the identical decision
@@ -666,6 +745,8 @@ class Trainer:
         else:
             rec = self.policy.step(signals).to_dict()
         rec.update(steps=sig["steps"], nonfinite_steps=sig["nonfinite_steps"], epoch_of_period=period_end_epoch)
+        if bad_state:
+            rec["nonfinite_tensors"] = bad_state
         if self.signals.gns:
             rec.update({k: sig[k] for k in NOISE_FIELDS})
         if c.decision_interval:
@@ -686,7 +767,8 @@ class Trainer:
         if snap is not None:
             self.model.load_state_dict(snap["model"])
             self.step.load_state_dict(snap["optimizer"])
-        self._event(f"non-finite loss or gradient in period {rec['epoch']} ({rec['nonfinite_steps']} step(s)): "
+        self._event(f"non-finite loss or gradient in period {rec['epoch']} ({rec['nonfinite_steps']} step(s)"
+                    f"{_tensors_note(rec)}): "
                     f"period discarded, model and optimizer restored to the start of the period "
                     f"({s.nonfinite_events}/{c.max_nonfinite})")
         if c.nonfinite_action == "stop" or s.nonfinite_events >= c.max_nonfinite:
@@ -757,14 +839,27 @@ class Trainer:
         self.test_loader.set_epoch(0)
         yield from self.test_loader.batches(start_sample=0, drop_last=False)
 
-    def fit(self, resume: bool = False) -> dict:
+    def fit(self, resume: bool = False, resume_fallback: bool = False) -> dict:
         """Train to ``config.epochs`` (from the checkpoint with ``resume``) and return the run's summary.
 
         Under torchrun, a process group this trainer started is ended when the run completes. Not when fit
         raises: tearing down an NCCL group is collective (pytorch/pytorch#122358), and a rank that failed alone
         (out of memory, say) could wait in it for peers that wait in an all-reduce for it.
         """
-        summary = self._fit(resume)
+        try:
+            summary = self._fit(resume, resume_fallback)
+        except RuntimeError as e:  # gloo / NCCL report a collective past its timeout as a RuntimeError
+            if not (self.dist.enabled and safety.is_collective_timeout(e)):
+                raise
+            raise RankTimeout(f"rank {self.dist.rank} of {self.dist.world_size}: a collective waited longer than "
+                              f"{option('dist_timeout')} {self.config.dist_timeout:g} s (a rank stopped "
+                              "responding or died): stopping so the job can start again with --resume "
+                              "(torchrun --max-restarts N does it)") from None
+        finally:
+            self._stop.uninstall()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
         self.close()
         return summary
 
@@ -774,11 +869,19 @@ class Trainer:
         if self.dist.initialized_here:
             release_distributed()
 
-    def _fit(self, resume: bool) -> dict:
+    def _fit(self, resume: bool, resume_fallback: bool = False) -> dict:
         c = self.config
+        stale: list[str] = []
         if self.out and self.dist.is_main:
             make_dir(self.out)
-        resumed = self.resume() if resume else False
+            self._lock = lock_run_folder(self.out)  # one writer per run folder
+            stale = safety.remove_stale_temporaries(self.out)
+        self._stop.install()
+        resumed = self.resume(fallback=resume_fallback) if resume else False
+        for note in self._notes_after_resume:
+            self._event(note)
+        if stale:
+            self._event(f"removed {len(stale)} temporary file(s) left by an interrupted write: {', '.join(stale)}")
         if resume and not resumed and self.out and self.dist.is_main:
             self._event("no checkpoint found: starting from scratch")
         if resume:
@@ -798,25 +901,63 @@ class Trainer:
                             dynamic_ncols=True, file=sys.stderr)
         try:
             while self.state.epoch < c.epochs and self.state.status == "running":
+                if safety.agree_any(self._stop.requested, self.device, self.dist.enabled):
+                    raise _StopNow
                 self._run_one_epoch()
                 if progress:
                     r = self.state.records[-1]
                     progress.set_postfix(B=r["batch_size"], loss=f"{r['loss']:.3f}" if r["loss"] is not None else "nan",
                                          acc=f"{r['test_acc']:.1f}" if r["test_acc"] is not None else "-")
                     progress.update(1)
+        except _StopNow:
+            self._stop_at_step_boundary()
         finally:
             if progress:
                 progress.close()
             if self.tb:
                 self.tb.close()
+        self._check_diverged()
         if self.state.status == "running":
             self.state.status = "complete"
         summary = self.write_outputs()
         if self.config.checkpoint_every:
             self.save()
+        if self.state.status == "diverged":
+            raise Diverged(self.state.events[-1]["event"])
         if self.state.status.startswith("stopped"):
             raise NonFiniteStop(self.state.events[-1]["event"])
         return summary
+
+    def _stop_at_step_boundary(self) -> None:
+        """SIGTERM / SIGINT: checkpoint where the loop stopped (mid-epoch too), write the logs, say so."""
+        s, stop = self.state, self._stop
+        name = stop.name or "signal"
+        part = self._partial
+        where = (f"after step {part['steps']} of epoch {part['epoch']}" if part else f"after epoch {s.epoch}")
+        s.status = f"interrupted: {name}"
+        text = (f"stopped by {name} {where}: " + ("checkpoint written, continue with --resume" if self.out
+                                                  else "nothing saved (no output folder)"))
+        self._event(text)
+        if self.out:
+            self.save()
+        self.write_outputs()
+        raise Interrupted(text, safety.STOP_EXIT_CODES.get(stop.signum, 143))
+
+    def _check_diverged(self) -> None:
+        """A run never ends ``complete`` holding a non-finite value, nor with no finite period at all."""
+        c, s = self.config, self.state
+        if not (s.status == "running" or s.status.startswith("stopped")):
+            return
+        trained = s.decisions if c.decision_interval else s.records
+        bad = safety.nonfinite_tensors(self.model, grads=False)
+        if bad:
+            why = f"the model holds non-finite values ({', '.join(bad)})"
+        elif trained and not any(not r.get("non_finite") for r in trained):
+            why = f"every one of its {len(trained)} {'period' if c.decision_interval else 'epoch'}(s) was non-finite"
+        else:
+            return
+        s.status = "diverged"
+        self._event(f"diverged: {why}; nothing trained is kept (lower --lr, or check the data)")
 
     def _run_one_epoch(self) -> None:
         c, s = self.config, self.state
@@ -824,9 +965,14 @@ class Trainer:
         self._current_epoch = epoch
         lr_at_start = self._lr()
         # interval mode restores per period (see _decide); the epoch needs no snapshot of its own
-        snapshot = None if c.decision_interval else snapshot_state(self.model, self.step.state_dict())
+        part = self._partial if self._partial and self._partial["epoch"] == epoch else None
+        if part:  # an epoch stopped by SIGTERM goes on: its start as it was
+            lr_at_start, snapshot = part["lr_at_start"], part["snapshot"]
+        else:
+            snapshot = None if c.decision_interval else snapshot_state(self.model, self.step.state_dict())
         self._sync()
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - (part["train_time_s"] if part else 0.0)
+        self._epoch_start = {"lr_at_start": lr_at_start, "snapshot": snapshot, "t0": t0}
         stats = self._train_epoch(epoch)
         if c.decision_interval:
             # the epoch's record sums up the periods that ended in it; the policy already decided on them
@@ -852,7 +998,8 @@ class Trainer:
             s.nonfinite_events += 1
             self.model.load_state_dict(snapshot["model"])
             self.step.load_state_dict(snapshot["optimizer"])
-            self._event(f"non-finite loss or gradient ({rec.get('nonfinite_steps', 0)} step(s)): epoch discarded, "
+            self._event(f"non-finite loss or gradient ({rec.get('nonfinite_steps', 0)} step(s){_tensors_note(rec)}): "
+                        "epoch discarded, "
                         f"model and optimizer restored to the start of the epoch ({s.nonfinite_events}/{c.max_nonfinite})")
             if c.nonfinite_action == "stop" or s.nonfinite_events >= c.max_nonfinite:
                 s.status = "stopped: non-finite"
@@ -893,6 +1040,11 @@ class Trainer:
                 self.tb.add_scalar(key, v, rec["epoch"])
 
 
+def _tensors_note(rec: dict) -> str:
+    names = rec.get("nonfinite_tensors")
+    return f"; non-finite state: {', '.join(names)}" if names else ""
+
+
 class _null:
     def __enter__(self):
         return self
@@ -907,7 +1059,7 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-def train(config: TrainConfig, *, resume: bool = False, model: torch.nn.Module | None = None, dataset: Any = None,
+def train(config: TrainConfig, *, resume: bool = False, resume_fallback: bool = False, model: torch.nn.Module | None = None, dataset: Any = None,
           train_dataset: Any = None, test_dataset: Any = None, num_classes: int | None = None,
           dataloader_kwargs: dict | None = None, callbacks: list[Any] = ()) -> dict:
     """Run one training run and return its summary (also written to ``config.out``).
@@ -921,7 +1073,7 @@ def train(config: TrainConfig, *, resume: bool = False, model: torch.nn.Module |
     """
     trainer = Trainer(config, model=model, dataset=dataset, train_dataset=train_dataset, test_dataset=test_dataset,
                       num_classes=num_classes, dataloader_kwargs=dataloader_kwargs, callbacks=callbacks)
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, resume_fallback=resume_fallback)
 
 
 def read_summary(out: str | Path) -> dict:
