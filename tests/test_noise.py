@@ -235,7 +235,7 @@ def test_trainer_logs_noise_fields_every_period_and_gns_every_counts_samples(tmp
 
 def test_gns_policy_run_resumes_to_identical_records(tmp_path):
     # constant lr: a cosine horizon is part of the run, so a 2-epoch leg would be another run (issue 14)
-    cfg = dict(TINY, policy="gns", target_factor=4.0, cooldown=0, lr_scaling="sqrt")
+    cfg = dict(TINY, policy="gns", target_factor=4.0, cooldown=0, lr_scaling="sqrt", gns_every=1)
     train(TrainConfig(**cfg, epochs=4, out=str(tmp_path / "full")))
     train(TrainConfig(**cfg, epochs=2, out=str(tmp_path / "part")))
     train(TrainConfig(**cfg, epochs=4, out=str(tmp_path / "part")), resume=True)

@@ -387,7 +387,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "| arch | batch size | mode | step (ms) | epoch (s) | images/s | signals overhead (% of epoch) "
         "| noise signals overhead (% of step, every step sampled) "
-        f"| noise signals overhead (% of step, every {DEFAULT_GNS_EVERY}th step: deba train's default) |",
+        f"| noise signals overhead (% of step, one step in {DEFAULT_GNS_EVERY}: deba train's default) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     clocks = sorted({o["noise_clock"] for o in result.get("overhead", []) if o.get("noise_clock")})

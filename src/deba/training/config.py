@@ -70,8 +70,8 @@ class TrainConfig:
     decision_interval_unit: str = "steps"  # what decision_interval counts: steps or samples (global)
     # gradient noise scale (deba.signals gns; policy gns reads it, any policy may log it)
     gns: bool = False  # collect the noise-scale signals (always on for policy gns)
-    # every k-th step of a period is trained as two micro-batches to measure it; 8 keeps the cost under 3% of
-    # step time on the CPU bench (a sampled step costs 10-20% more there: docs/results/noise-overhead)
+    # every k-th step of a period is trained as two micro-batches to measure it; 20 keeps the cost under 3% of
+    # step time on the CPU bench (a sampled resnet18 step at B=64 costs 49.5% more there: docs/results/noise-overhead)
     gns_every: int = DEFAULT_GNS_EVERY
     target_factor: float | None = None  # gns: target batch = factor x smoothed B_noise (default 0.5)
     noise_smoothing: float | None = None  # gns: weight of the newest period in the |G|^2 and tr(Sigma) averages
