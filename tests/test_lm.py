@@ -381,3 +381,37 @@ def test_cli_bad_input_is_one_line_exit_2_and_changes_nothing(corpus, tmp_path, 
         fails(["train", *TINY, "--dataset", "text", "--data", str(tmp_path / name), "--out", str(tmp_path / "n")],
               words)
         assert not (tmp_path / "n").exists()
+
+
+# --- report, study line, verdict: a lower-is-better metric ------------------------------------------------------
+def test_report_reads_the_validation_loss_as_lower_better(corpus, tmp_path):
+    import shutil
+
+    from deba import report
+    from deba.study import _result_text
+
+    src = tmp_path / "src"
+    s = train(_cfg(corpus, src, epochs=1, checkpoint_every=0))
+    assert _result_text(s).startswith(f"val loss {s['final_val_loss']:.4f}")
+    root = tmp_path / "study"
+    losses = {("fixed", 1): 2.0, ("fixed", 2): 2.1, ("other", 1): 1.9, ("other", 2): 2.3}
+    for (arm, seed), loss in losses.items():
+        d = root / "text" / "gpt" / arm / f"seed{seed}"
+        shutil.copytree(src, d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.update(seed=seed, policy="fixed" if arm == "fixed" else "step-grow", milestones=[] if arm == "fixed" else [5])
+        (d / "config.json").write_text(json.dumps(cfg))
+        summ = json.loads((d / "summary.json").read_text())
+        summ.update(seed=seed, final_val_loss=loss, best_val_loss=loss, policy=cfg["policy"])
+        (d / "summary.json").write_text(json.dumps(summ))
+    runs = report.load_runs([root])
+    assert all(r.complete and not r.higher_is_better for r in runs.runs)
+    goal = report.table_goal(runs, baseline="fixed")
+    row = goal[goal.arm == "other"].iloc[0]
+    assert row.n_pairs == 2 and row.seeds_acc_at_least_baseline == 1  # 1.9 <= 2.0 yes, 2.3 <= 2.1 no
+    assert row.per_seed.startswith("1: -0.10")
+    res = report.build_report([root], tmp_path / "rep", figures=False, baseline="fixed")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "val loss (lower better)" in md and "validation loss in nats" in md
+    other = res["table4"][res["table4"].arm == "other"].iloc[0]
+    assert other.acc_mean == pytest.approx(2.1) and math.isnan(other.acc_per_s)

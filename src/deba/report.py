@@ -40,6 +40,7 @@ from .calibration import PAPER_TABLE2
 from .errors import DebaError
 from .logio import atomic_write_text, make_dir, read_text_input
 from .policy import DEFAULT_PRESET, TABLE1_THRESHOLDS, canonical_arch
+from .verdict import quality_of
 
 # --- the paper's published numbers (arXiv 2511.03809) -------------------------------------------------
 # Table 1 lives in deba.policy.TABLE1_THRESHOLDS (the presets use it); the rest is here. Architectures by
@@ -181,12 +182,40 @@ class RunLog:
 
     @property
     def complete(self) -> bool:
-        return self.status == "complete" and _num(self.summary.get("final_test_acc")) is not None
+        return self.status == "complete" and self.quality is not None
+
+    @property
+    def metric(self) -> str:
+        """The run's quality metric: final_test_acc (higher better) or, for a language model, final_val_loss."""
+        return quality_of(self.summary)[1]
+
+    @property
+    def quality(self) -> float | None:
+        return quality_of(self.summary)[0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "final_val_loss"
 
     @property
     def concurrent_runs(self) -> int:
         v = self.summary.get("concurrent_runs", self.config.get("concurrent_runs", 1))
         return int(v) if isinstance(v, (int, float)) and v >= 1 else 1
+
+
+def not_worse(value: float, reference: float, higher_is_better: bool) -> bool:
+    """value at least as good as reference: >= for accuracy, <= for a loss."""
+    return value >= reference if higher_is_better else value <= reference
+
+
+def quality_label(metrics: Sequence[str]) -> str:
+    """Column label for the final quality of the runs listed (their ``metric`` values)."""
+    kinds = set(metrics)
+    if kinds == {"final_val_loss"}:
+        return "val loss (lower better)"
+    if "final_val_loss" in kinds:
+        return "acc % / val loss"
+    return "acc %"
 
 
 def _num(v: Any) -> float | None:
@@ -536,13 +565,14 @@ def time_to_accuracy(run: RunLog, target: float) -> float | None:
     """Training seconds (evaluation excluded) until the end of the first evaluated epoch whose test
     accuracy is at least ``target``; None if no epoch reaches it."""
     elapsed = 0.0
+    key = "test_acc" if run.higher_is_better else "val_loss"
     for rec in run.records:
         t = _num(rec.get("train_time_s"))
         if t is None:
             return None
         elapsed += t
-        acc = _num(rec.get("test_acc"))
-        if acc is not None and acc >= target:
+        acc = _num(rec.get(key))
+        if acc is not None and not_worse(acc, target, run.higher_is_better):
             return elapsed
     return None
 
@@ -629,7 +659,7 @@ GOAL_MIN_SEEDS = 2
 def _first_complete_per_seed(runs: Sequence[RunLog]) -> dict[int, RunLog]:
     out: dict[int, RunLog] = {}
     for r in runs:
-        if r.complete and _num(r.summary.get("final_test_acc")) is not None:
+        if r.complete:
             out.setdefault(r.seed, r)
     return out
 
@@ -663,7 +693,7 @@ def table_goal(
         bases, per_seed = set(), []
         for k in seeds:
             r, b = done[k], base[k]
-            acc_ok = float(r.summary["final_test_acc"]) >= float(b.summary["final_test_acc"])
+            acc_ok = not_worse(r.quality, b.quality, r.higher_is_better)
             mt, mb = modelled.get(r.run_id, math.nan), modelled.get(b.run_id, math.nan)
             t, tb = _num(r.summary.get("train_time_s")), _num(b.summary.get("train_time_s"))
             if not (math.isnan(mt) or math.isnan(mb)) and mb > 0:
@@ -680,7 +710,7 @@ def table_goal(
                 n_time += acc_ok and time_ratio <= max_ratio
             n_steps += acc_ok and steps_ratio is not None and steps_ratio <= max_ratio
             bases.add(basis)
-            d = float(r.summary["final_test_acc"]) - float(b.summary["final_test_acc"])
+            d = r.quality - b.quality
             per_seed.append(
                 f"{k}: {d:+.2f}, time {'-' if time_ratio is None else f'{time_ratio:.2f}x'}, "
                 f"steps {'-' if steps_ratio is None else f'{steps_ratio:.2f}x'}"
@@ -728,7 +758,7 @@ def _paper_kind(run: RunLog, is_baseline: bool) -> str | None:
 def _first_per_seed(runs: Sequence[RunLog], key: str) -> dict[int, float]:
     out: dict[int, float] = {}
     for r in runs:
-        v = _num(r.summary.get(key))
+        v = r.quality if key == "final_test_acc" else _num(r.summary.get(key))  # the quality, of either kind
         if v is not None:
             out.setdefault(r.seed, v)
     return out
@@ -771,8 +801,8 @@ def table4(
         base = (
             [r for r in groups.get((dataset, arch, epochs, base_arm), []) if r.complete] if base_arm else []
         )
-        acc = [float(r.summary["final_test_acc"]) for r in done]
-        best = [_num(r.summary.get("best_test_acc")) for r in done]
+        acc = [r.quality for r in done]
+        best = [_num(r.summary.get("best_test_acc" if r.higher_is_better else "best_val_loss")) for r in done]
         times = _first_per_seed(done, "train_time_s")
         base_times = _first_per_seed(base, "train_time_s")
         all_times = [
@@ -810,10 +840,11 @@ def table4(
             "n_pairs": pair.get("n_pairs", 0),
             "throughput": 1.0 if is_base and done else pair.get("throughput", math.nan),
             "acc_per_s": mean_std(
-                float(r.summary["final_test_acc"]) / float(r.summary["train_time_s"])
+                r.quality / float(r.summary["train_time_s"])
                 for r in done
-                if (_num(r.summary.get("train_time_s")) or 0) > 0
+                if (_num(r.summary.get("train_time_s")) or 0) > 0 and r.higher_is_better  # a loss per s means nothing
             )[0],
+            "metric": members[0].metric,
             "concurrent_runs": shared,
             "timing": _timing_label(shared_pair if not is_base else shared),
             "devices": ", ".join(
@@ -1018,6 +1049,10 @@ def runs_table(runset: RunSet, modelled: Mapping[str, float] | None = None) -> p
                 "status": r.status,
                 "final_test_acc": _num(s.get("final_test_acc")),
                 "best_test_acc": _num(s.get("best_test_acc")),
+                "metric": r.metric,
+                "quality": r.quality,
+                "final_val_loss": _num(s.get("final_val_loss")),
+                "final_val_bpc": _num(s.get("final_val_bpc")),
                 "best_epoch": s.get("best_epoch"),
                 "train_time_s": _num(s.get("train_time_s")),
                 "eval_time_s": _num(s.get("eval_time_s")),
@@ -1537,6 +1572,9 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
     L += [
         "## Table 4: accuracy and training time, every arm vs fixed batch",
         "",
+        *(["Language models: the quality is the final validation loss in nats per token (lower is better); Δ is "
+           "loss minus the baseline's, so negative is better; best-epoch is the lowest validation loss.", ""]
+          if "metric" in t4.columns and "final_val_loss" in set(t4["metric"]) else []),
         "n counts complete runs; stopped or unfinished runs are listed under Runs and left out of the means. "
         "Paper values (beside ours, in the `paper` columns) are its Table 4: `Fixed` beside our fixed arm, `DEBA` "
         "beside each DEBA arm without ablation.",
@@ -1547,10 +1585,10 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
         "arch",
         "arm",
         "n",
-        "acc %",
+        quality_label(list(t4["metric"]) if "metric" in t4.columns else []),
         "paper",
-        "best-epoch acc %",
-        "Δacc",
+        "best-epoch " + quality_label(list(t4["metric"]) if "metric" in t4.columns else []),
+        "Δacc" if "metric" not in t4.columns or "final_val_loss" not in set(t4["metric"]) else "Δ",
         "paper",
         "time s",
         "paper",
@@ -1609,12 +1647,13 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
         "## Runs",
         "",
         markdown_table(
-            ["run", "status", "acc %", "best %", "train s", "batch sizes", "up/down", "shared"],
+            ["run", "status", quality_label(list(runs_df["metric"]) if "metric" in runs_df.columns else []),
+             "best %", "train s", "batch sizes", "up/down", "shared"],
             [
                 [
                     r.run_id,
                     r.status,
-                    _f(r.final_test_acc),
+                    _f(r.quality if hasattr(r, "quality") else r.final_test_acc),
                     _f(r.best_test_acc),
                     _f(r.train_time_s, 0),
                     f"{r.start_batch_size} -> {r.final_batch_size} (max {r.max_batch_size})",

@@ -665,9 +665,12 @@ def resolve_config(plan: RunPlan, out: str | os.PathLike) -> dict[str, Any]:
 
 def _result_text(summary: Mapping[str, Any]) -> str:
     acc, t = summary.get("final_test_acc"), summary.get("train_time_s")
+    loss = summary.get("final_val_loss")
     parts = []
     if isinstance(acc, (int, float)):
         parts.append(f"acc {acc:.2f}%")
+    elif isinstance(loss, (int, float)):  # a language model: lower is better
+        parts.append(f"val loss {loss:.4f}")
     if isinstance(t, (int, float)):
         parts.append(f"train {t:.0f}s")
     if summary.get("final_batch_size") is not None:
