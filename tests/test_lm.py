@@ -415,3 +415,33 @@ def test_report_reads_the_validation_loss_as_lower_better(corpus, tmp_path):
     assert "val loss (lower better)" in md and "validation loss in nats" in md
     other = res["table4"][res["table4"].arm == "other"].iloc[0]
     assert other.acc_mean == pytest.approx(2.1) and math.isnan(other.acc_per_s)
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_trains_the_language_model_a_single_process_trains(corpus, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["-m", "deba", "train", *TINY, "--dataset", "text", "--data", str(corpus), "--epochs", "2",
+            "--policy", "fixed", "--optimizer", "adamw", "--grad-clip", "1.0", "--seed", "5"]
+    subprocess.run([sys.executable, *args, "--out", str(tmp_path / "single")], check=True, env=env, timeout=600)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                        str(port), *args, "--out", str(tmp_path / "ddp")], env=env, timeout=600, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def recs(run):
+        return [json.loads(line) for line in (tmp_path / run / "epochs.jsonl").read_text().splitlines()]
+
+    for a, b in zip(recs("single"), recs("ddp"), strict=True):
+        assert a["steps"] == b["steps"] and a["tokens"] == b["tokens"]
+        for key in ("loss", "grad_norm", "val_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
+    assert (tmp_path / "ddp" / "sample.txt").exists()

@@ -39,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
 def after_training(config, summary: dict, tokens: int = 300) -> None:
     """What `deba train` prints for a language model: the result line and a sample (kept as sample.txt)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks and writes
+        return
     loss = summary.get("final_val_loss")
     if not config.quiet:
         res = f"val loss {loss:.4f} ({summary['final_val_bpc']:.3f} bits/char)" if loss is not None else "val loss n/a"
