@@ -445,3 +445,32 @@ def test_two_rank_ddp_trains_the_language_model_a_single_process_trains(corpus, 
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
     assert (tmp_path / "ddp" / "sample.txt").exists()
+
+
+def test_out_of_memory_at_a_grown_batch_caps_it_and_the_epoch_goes_on(corpus, tmp_path):
+    from deba.training.trainer import OOM_ERRORS, Trainer
+
+    trained = []
+
+    def factory(*args, **kwargs):
+        real = make_step(*args, **kwargs)
+
+        class Step:
+            mode = "eager"
+
+            def __call__(self, x, y):
+                if x.shape[0] > 8:
+                    raise OOM_ERRORS[0]("CUDA out of memory (injected)")
+                trained.append(int(x.shape[0]))
+                real(x, y)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        return Step()
+
+    cfg = _cfg(corpus, tmp_path / "o", epochs=3, policy="step-grow", milestones=[1], grow_factor=2.0)
+    s = Trainer(cfg, step_factory=factory).fit()
+    assert s["b_max_cap"] == 8 and s["status"] == "complete" and set(trained) == {8}
+    n = int(len(CORPUS) * 0.9) // 8
+    assert s["steps"] == 3 * (n // 8) and s["final_val_loss"] is not None
