@@ -400,7 +400,12 @@ def expand(spec: StudySpec) -> list[RunPlan]:
     from .data.dataset import canonical_dataset_name
     from .models import canonical_model_name
 
-    for what, names, check in (("datasets", spec.datasets, canonical_dataset_name),
+    from .training.lm import is_text_dataset
+
+    def dataset_name(name: str) -> str:  # text and shakespeare-char: language models (deba.training.lm)
+        return name if is_text_dataset(name) else canonical_dataset_name(name)
+
+    for what, names, check in (("datasets", spec.datasets, dataset_name),
                                ("archs", spec.archs, canonical_model_name)):
         for name in names:
             try:
