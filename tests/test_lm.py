@@ -474,3 +474,21 @@ def test_out_of_memory_at_a_grown_batch_caps_it_and_the_epoch_goes_on(corpus, tm
     assert s["b_max_cap"] == 8 and s["status"] == "complete" and set(trained) == {8}
     n = int(len(CORPUS) * 0.9) // 8
     assert s["steps"] == 3 * (n // 8) and s["final_val_loss"] is not None
+
+
+def test_bench_times_the_gpt_step_in_tokens():
+    from deba.bench import make_settings, run_bench
+
+    res = run_bench(make_settings(archs=["gpt"], batch_sizes=[2], device="cpu", steps=1, warmup=0, overhead=False))
+    (rec,) = res["records"]
+    assert rec["arch"] == "gpt" and rec["tokens_per_s"] == pytest.approx(rec["images_per_s"] * 64)
+
+
+def test_a_study_spec_may_name_the_text_datasets(tmp_path, corpus):
+    from deba.study import expand, load_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"name: t\nepochs: 1\ndatasets: [text]\narchs: [gpt]\nseeds: [1]\ndata: {{text: {corpus}}}\n"
+                    "arms:\n  fixed: {policy: fixed}\n")
+    plans = expand(load_spec(spec))
+    assert [p.run_id for p in plans] == ["text/gpt/fixed/seed1"]
