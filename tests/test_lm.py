@@ -492,3 +492,17 @@ def test_a_study_spec_may_name_the_text_datasets(tmp_path, corpus):
                     "arms:\n  fixed: {policy: fixed}\n")
     plans = expand(load_spec(spec))
     assert [p.run_id for p in plans] == ["text/gpt/fixed/seed1"]
+
+
+def test_a_users_language_model_trains_through_the_python_api(corpus, tmp_path):
+    class Bigram(torch.nn.Module):  # any module with model(idx) -> logits [B, T, V]
+        def __init__(self, vocab):
+            super().__init__()
+            self.table = torch.nn.Embedding(vocab, vocab)
+
+        def forward(self, idx):
+            return self.table(idx)
+
+    vocab = len(set(CORPUS))
+    s = train(_cfg(corpus, tmp_path / "u", epochs=2, lr=0.5, optimizer="sgd", arch="resnet18"), model=Bigram(vocab))
+    assert s["final_val_loss"] < math.log(vocab) and s["task"] == "language-model"
