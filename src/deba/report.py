@@ -1051,6 +1051,7 @@ def runs_table(runset: RunSet, modelled: Mapping[str, float] | None = None) -> p
                 "best_test_acc": _num(s.get("best_test_acc")),
                 "metric": r.metric,
                 "quality": r.quality,
+                "best_quality": _num(s.get("best_test_acc" if r.higher_is_better else "best_val_loss")),
                 "final_val_loss": _num(s.get("final_val_loss")),
                 "final_val_bpc": _num(s.get("final_val_bpc")),
                 "best_epoch": s.get("best_epoch"),
@@ -1648,13 +1649,13 @@ def render_markdown(runset: RunSet, t1, t2, t3, t3s, t4, runs_df, figs, bench, w
         "",
         markdown_table(
             ["run", "status", quality_label(list(runs_df["metric"]) if "metric" in runs_df.columns else []),
-             "best %", "train s", "batch sizes", "up/down", "shared"],
+             "best", "train s", "batch sizes", "up/down", "shared"],
             [
                 [
                     r.run_id,
                     r.status,
                     _f(r.quality if hasattr(r, "quality") else r.final_test_acc),
-                    _f(r.best_test_acc),
+                    _f(r.best_quality if hasattr(r, "best_quality") else r.best_test_acc),
                     _f(r.train_time_s, 0),
                     f"{r.start_batch_size} -> {r.final_batch_size} (max {r.max_batch_size})",
                     f"{r.increases}/{r.rollbacks}",
