@@ -631,6 +631,8 @@ def make_step(model: nn.Module, signals: Any = None, *, lr: float = 0.01, moment
     cannot be used; ``"auto"``: CUDA graphs on a CUDA device (falling back to eager, with one warning,
     if a capture fails), eager elsewhere -- the returned step's ``mode`` says which it is and, when
     eager, ``graph_off_reason`` why. ``signals`` is a ``deba.signals.GradientSignals`` or None.
+    ``optim`` (``optimizer`` sgd | adamw, ``betas``, ``eps``, ``grad_clip``) selects the steps of
+    :mod:`deba.training.optim` (AdamW and/or clipping); without it, the SGD steps above.
     """
     mode = _MODE_ALIASES.get(mode, mode)
     if mode not in STEP_MODES:
