@@ -375,6 +375,9 @@ def test_cli_bad_input_is_one_line_exit_2_and_changes_nothing(corpus, tmp_path, 
     (out / "vocab.json").write_text(json.dumps({**vocab, "chars": vocab["chars"][:-1]}))
     before = _digest(out)
     fails(["sample", "--run", str(out), "--tokens", "5"], "vocabulary mismatch")
+    fails(["train", *TINY[2:], "--arch", "tiny_cnn", "--policy", "fixed", "--dataset", "text", "--data", str(corpus), "--out",
+           str(tmp_path / "n")], "use --arch gpt")
+    assert not (tmp_path / "n").exists()
     for name, content, words in (("bin.txt", b"\x00\x01" * 500, "binary"), ("empty.txt", b"", "empty"),
                                  ("short.txt", b"abc" * 20, "fewer than 10 x")):
         (tmp_path / name).write_bytes(content)

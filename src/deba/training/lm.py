@@ -125,6 +125,9 @@ class LMTask:
         from ..gpt import build_gpt
 
         c = self.config
+        if c.arch != "gpt":
+            raise DebaError(f"dataset {c.dataset} trains a language model: use --arch gpt (or --model "
+                            f"package.module:function for your own), not {c.arch!r}")
         return build_gpt(vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.dropout)
 
     # --- evaluation --------------------------------------------------------------------------------
