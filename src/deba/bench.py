@@ -44,6 +44,7 @@ CUDA_ARCHS = ("resnet18", "resnet50", "densenet121", "efficientnet_b0", "mobilen
 CUDA_BATCH_SIZES = (64, 128, 256, 512, 1024, 2048)
 CPU_ARCHS = ("tiny_cnn", "resnet18")
 CPU_BATCH_SIZES = (8, 16)
+GPT_VOCAB = 65
 
 
 @dataclass
@@ -205,13 +206,21 @@ def _measure(model, settings: BenchSettings, device: torch.device, arch: str, ba
     from .training.step import make_step
 
     gen = torch.Generator(device=device).manual_seed(batch)
-    x = torch.randn(batch, 3, settings.image_size, settings.image_size, device=device, generator=gen)
-    y = torch.randint(0, settings.num_classes, (batch,), device=device, generator=gen)
+    common = {"mode": mode, "amp": settings.amp, "channels_last": settings.channels_last}
+    if arch == "gpt":  # a batch of token windows; the language-model step: AdamW, clipping, loss over positions
+        from .gpt import lm_loss
+
+        shape = (batch, model.config.block_size)
+        x = torch.randint(0, model.config.vocab_size, shape, device=device, generator=gen)
+        y = torch.randint(0, model.config.vocab_size, shape, device=device, generator=gen)
+        common.update(loss_fn=lm_loss, optimizer="adamw", betas=(0.9, 0.99), grad_clip=1.0, weight_decay=0.1)
+    else:
+        x = torch.randn(batch, 3, settings.image_size, settings.image_size, device=device, generator=gen)
+        y = torch.randint(0, settings.num_classes, (batch,), device=device, generator=gen)
     if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     # the graph mode's first call captures: give it at least two untimed calls
     warmup = max(settings.warmup, 2) if mode == "graph" else settings.warmup
-    common = {"mode": mode, "amp": settings.amp, "channels_last": settings.channels_last}
     steps_per_epoch = settings.epoch_samples // batch
 
     plain = make_step(model, None, **common)
@@ -228,6 +237,7 @@ def _measure(model, settings: BenchSettings, device: torch.device, arch: str, ba
         "step_ms_p10": _percentile(times, 10) * 1e3, "step_ms_p90": _percentile(times, 90) * 1e3,
         "epoch_s": epoch_s, "steps": steps_per_epoch, "samples": settings.epoch_samples,
         "images_per_s": batch / step_s if step_s > 0 else math.nan,
+        **({"tokens_per_s": x.numel() / step_s if step_s > 0 else math.nan} if arch == "gpt" else {}),
         "timed_steps": settings.steps, "warmup_steps": warmup,
         "amp": settings.amp, "channels_last": settings.channels_last,
         "device_name": device_name(device),
@@ -315,7 +325,9 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] | None = 
     for arch in settings.archs:
         for mode in settings.modes:
             torch.manual_seed(0)
-            model = build_model(arch, settings.num_classes, settings.image_size).to(device)
+            # gpt: a 65-symbol vocabulary (tinyshakespeare's characters), nanoGPT's small shape, context 64
+            classes = GPT_VOCAB if arch == "gpt" else settings.num_classes
+            model = build_model(arch, classes, settings.image_size).to(device)
             if settings.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             if ":" in arch:  # a user's model that does not fit the bench's images: one line, not a traceback

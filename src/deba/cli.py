@@ -9,7 +9,7 @@ import sys
 
 from .errors import DebaError, on_cli
 
-COMMANDS = ["demo", "train", "replay", "calibrate", "profile", "bench", "study", "report"]
+COMMANDS = ["demo", "train", "sample", "replay", "calibrate", "profile", "bench", "study", "report"]
 
 
 class _Parser(argparse.ArgumentParser):

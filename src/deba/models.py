@@ -31,7 +31,8 @@ TORCHVISION_MODELS = (
     "vit_b_16",
 )
 TINY_MODELS = ("tiny_cnn", "tiny_mlp")
-MODEL_NAMES = TORCHVISION_MODELS + TINY_MODELS
+LANGUAGE_MODELS = ("gpt",)  # deba.gpt; num_classes is the vocabulary size
+MODEL_NAMES = TORCHVISION_MODELS + TINY_MODELS + LANGUAGE_MODELS
 # Names the paper and users write for the same models.
 ALIASES = {"mobilenet_v3": "mobilenet_v3_large", "vit_b16": "vit_b_16", "mobilenetv3": "mobilenet_v3_large"}
 VIT_IMAGE_SIZE = 224
@@ -173,6 +174,10 @@ def build_model(name: str, num_classes: int, image_size: int = 32) -> nn.Module:
         return tiny_cnn(num_classes)
     if key == "tiny_mlp":
         return tiny_mlp(num_classes)
+    if key == "gpt":
+        from .gpt import build_gpt
+
+        return build_gpt(num_classes)
     import torchvision.models as tvm
 
     model = getattr(tvm, key)(weights=None, num_classes=num_classes)

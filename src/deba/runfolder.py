@@ -24,6 +24,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"  # the previous good checkpoint (deba.training.checkpoint)
 LOCK_FILE = ".lock"  # the one writer's lock (deba.runlock)
 RUN_LOG_FILE = "run.log"  # the study's log of the `deba train` child
+VOCAB_FILE = "vocab.json"  # a language model's token mapping (deba.data.text)
+SAMPLE_FILE = "sample.txt"  # text a language model generated after training
 
 # what a report reads from each run
 RUN_FILES = (SUMMARY_FILE, CONFIG_FILE, EPOCHS_FILE)
@@ -31,7 +33,7 @@ RUN_FILES = (SUMMARY_FILE, CONFIG_FILE, EPOCHS_FILE)
 RUN_OUTPUTS = (CONFIG_FILE, EPOCHS_FILE, SUMMARY_FILE, DECISIONS_FILE)
 PACKED_FILES = RUN_OUTPUTS + (RUN_LOG_FILE,)
 # everything a run writes into its folder: any of them there means a run's results would be overwritten
-TRAIN_OUTPUTS = (CONFIG_FILE, EPOCHS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, DECISIONS_FILE)
+TRAIN_OUTPUTS = (CONFIG_FILE, EPOCHS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, DECISIONS_FILE, VOCAB_FILE)
 
 COMPLETE = "complete"
 
@@ -118,6 +120,8 @@ __all__ = [
     "SUMMARY_FILE",
     "DECISIONS_FILE",
     "CHECKPOINT_FILE",
+    "VOCAB_FILE",
+    "SAMPLE_FILE",
     "PREVIOUS_CHECKPOINT_FILE",
     "LOCK_FILE",
     "RUN_LOG_FILE",

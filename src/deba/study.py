@@ -410,7 +410,12 @@ def expand(spec: StudySpec) -> list[RunPlan]:
     from .data.dataset import canonical_dataset_name
     from .models import canonical_model_name
 
-    for what, names, check in (("datasets", spec.datasets, canonical_dataset_name),
+    from .training.lm import is_text_dataset
+
+    def dataset_name(name: str) -> str:  # text and shakespeare-char: language models (deba.training.lm)
+        return name if is_text_dataset(name) else canonical_dataset_name(name)
+
+    for what, names, check in (("datasets", spec.datasets, dataset_name),
                                ("archs", spec.archs, canonical_model_name)):
         for name in names:
             try:
@@ -607,9 +612,12 @@ def resolve_config(plan: RunPlan, out: str | os.PathLike) -> dict[str, Any]:
 
 def _result_text(summary: Mapping[str, Any]) -> str:
     acc, t = summary.get("final_test_acc"), summary.get("train_time_s")
+    loss = summary.get("final_val_loss")
     parts = []
     if isinstance(acc, (int, float)):
         parts.append(f"acc {acc:.2f}%")
+    elif isinstance(loss, (int, float)):  # a language model: lower is better
+        parts.append(f"val loss {loss:.4f}")
     if isinstance(t, (int, float)):
         parts.append(f"train {t:.0f}s")
     if summary.get("final_batch_size") is not None:

@@ -20,8 +20,8 @@ CHOICES = {
     "lr_schedule": cfg.LR_SCHEDULES, "lr_scaling": cfg.LR_SCALINGS, "graphs": cfg.GRAPH_MODES, "amp": cfg.AMP_MODES,
     "signals_mode": cfg.SIGNAL_MODES, "nonfinite_action": cfg.NONFINITE_ACTIONS,
     "decision_interval_unit": cfg.INTERVAL_UNITS, "var_scaling": ("none", "batch"), "preset": tuple(PRESETS),
-    "dataset": ("cifar10", "cifar100", "synthetic"), "device": ("auto", "cpu", "cuda", "cuda:N"),
-    "arch": MODEL_NAMES,
+    "dataset": ("cifar10", "cifar100", "synthetic", "text", "shakespeare-char"), "device": ("auto", "cpu", "cuda", "cuda:N"),
+    "arch": MODEL_NAMES, "vocab": ("char", "byte"), "optimizer": ("auto", "sgd", "adamw"),
 }
 
 HELP = {
@@ -29,8 +29,20 @@ HELP = {
                    "of batch size does not by itself push the next decision the same way (ours)",
     "arch": "torchvision architecture, or tiny_cnn / tiny_mlp (small models for tests and CPU runs)",
     "model": "a user's own model constructor, package.module:function (called with num_classes=...)",
-    "dataset": "synthetic is generated data",
-    "data": "folder holding cifar-10-batches-py / cifar-100-python, or the offline cifar10-jpeg.npz",
+    "dataset": "synthetic is generated data; text (a UTF-8 file, --data) and shakespeare-char train a language model",
+    "data": "folder holding cifar-10-batches-py / cifar-100-python, or the offline cifar10-jpeg.npz; "
+            "a UTF-8 text file for --dataset text / shakespeare-char",
+    "block_size": "language models: tokens per training window and the GPT's context",
+    "vocab": "language models: char (the file's characters) or byte (256 byte values); saved as vocab.json",
+    "n_layer": "GPT: transformer blocks", "n_head": "GPT: attention heads", "n_embd": "GPT: embedding width",
+    "dropout": "GPT: dropout probability",
+    "optimizer": "auto (adamw for --arch gpt, sgd otherwise), sgd or adamw (weight decay on >= 2-D tensors only)",
+    "beta1": "AdamW beta1", "beta2": "AdamW beta2",
+    "grad_clip": "clip the gradient's 2-norm to this before the update (any model; signals read it unclipped)",
+    "warmup_samples": "linear learning-rate warm-up over this many samples",
+    "min_lr": "the cosine schedule decays to this learning rate",
+    "max_samples": "stop after this many training samples (sequences for text), mid-epoch if need be; "
+                   "the schedule ends there",
     "gns": "measure the gradient noise scale (gns_g2, gns_trace, b_simple in every period record); on for "
            "--policy gns",
     "precise_bn": "before each evaluation, recompute BatchNorm running statistics over N training batches "
@@ -155,6 +167,11 @@ def run(args: argparse.Namespace) -> int:
     if args.resume_fallback and not args.resume:
         raise DebaError("--resume-fallback needs --resume")
     summary = train(config, resume=args.resume, resume_fallback=args.resume_fallback)
+    if summary.get("task") == "language-model":
+        from .sample import after_training
+
+        after_training(config, summary)
+        return 0
     if not config.quiet:
         acc = summary["final_test_acc"]
         print(f"{summary['arch']} {summary['policy']}: final test acc "

@@ -44,7 +44,7 @@ from .paper import (
     PAPER_TABLE3_SUMMARY,
     PAPER_TABLE4,
 )
-from .runs import RUN_FILES, RunLog, RunSet, load_runs, variant_of
+from .runs import RUN_FILES, RunLog, RunSet, load_runs, not_worse, quality_label, variant_of
 from .stats import (
     DEFAULT_REFERENCE,
     BenchTable,
@@ -76,6 +76,8 @@ __all__ = [
     "PAPER_TABLE4",
     "ABLATIONS",
     "RunLog",
+    "not_worse",
+    "quality_label",
     "RunSet",
     "BenchTable",
     "load_runs",

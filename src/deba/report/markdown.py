@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from .paper import ABLATION_TITLES, PAPER_EPOCHS
-from .runs import RunSet, _num
+from .runs import RunSet, _num, quality_label
 from .stats import BenchTable, _timing_label
 from .tables import GOAL_MAX_RATIO, GOAL_MIN_SEEDS
 
@@ -302,6 +302,9 @@ def _render_table4(t4: pd.DataFrame, bench: BenchTable | None) -> list[str]:
     L += [
         "## Table 4: accuracy and training time, every arm vs fixed batch",
         "",
+        *(["Language models: the quality is the final validation loss in nats per token (lower is better); Δ is "
+           "loss minus the baseline's, so negative is better; best-epoch is the lowest validation loss.", ""]
+          if "metric" in t4.columns and "final_val_loss" in set(t4["metric"]) else []),
         "n counts complete runs; stopped or unfinished runs are listed under Runs and left out of the means. "
         "Paper values (beside ours, in the `paper` columns) are its Table 4: `Fixed` beside our fixed arm, `DEBA` "
         "beside each DEBA arm without ablation.",
@@ -312,10 +315,10 @@ def _render_table4(t4: pd.DataFrame, bench: BenchTable | None) -> list[str]:
         "arch",
         "arm",
         "n",
-        "acc %",
+        quality_label(list(t4["metric"]) if "metric" in t4.columns else []),
         "paper",
-        "best-epoch acc %",
-        "Δacc",
+        "best-epoch " + quality_label(list(t4["metric"]) if "metric" in t4.columns else []),
+        "Δacc" if "metric" not in t4.columns or "final_val_loss" not in set(t4["metric"]) else "Δ",
         "paper",
         "time s",
         "paper",
@@ -375,6 +378,10 @@ def _render_figures(figs: Sequence[tuple[str, str]]) -> list[str]:
     return L
 
 
+def _quality_head(runs_df: pd.DataFrame) -> str:
+    return quality_label(list(runs_df["metric"]) if "metric" in runs_df.columns else [])
+
+
 def _render_runs(runs_df: pd.DataFrame) -> list[str]:
     """Every run, one line each."""
     L: list[str] = []
@@ -382,13 +389,14 @@ def _render_runs(runs_df: pd.DataFrame) -> list[str]:
         "## Runs",
         "",
         markdown_table(
-            ["run", "status", "acc %", "best %", "train s", "batch sizes", "up/down", "shared"],
+            ["run", "status", _quality_head(runs_df), "best %" if _quality_head(runs_df) == "acc %" else "best",
+             "train s", "batch sizes", "up/down", "shared"],
             [
                 [
                     r.run_id,
                     r.status,
-                    _f(r.final_test_acc),
-                    _f(r.best_test_acc),
+                    _f(r.quality if hasattr(r, "quality") else r.final_test_acc),
+                    _f(r.best_quality if hasattr(r, "best_quality") else r.best_test_acc),
                     _f(r.train_time_s, 0),
                     f"{r.start_batch_size} -> {r.final_batch_size} (max {r.max_batch_size})",
                     f"{r.increases}/{r.rollbacks}",

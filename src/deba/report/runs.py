@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import DebaError
 from ..policy import DEFAULT_PRESET
 from ..runfolder import CONFIG_FILE, EPOCHS_FILE, RUN_FILES, SUMMARY_FILE, iter_runs, summary_status
+from ..verdict import quality_of
 from .paper import PAPER_COOLDOWN_COLUMNS, PAPER_EPOCHS
 
 # --- reading runs -------------------------------------------------------------------------------------
@@ -52,12 +53,40 @@ class RunLog:
 
     @property
     def complete(self) -> bool:
-        return self.status == "complete" and _num(self.summary.get("final_test_acc")) is not None
+        return self.status == "complete" and self.quality is not None
+
+    @property
+    def metric(self) -> str:
+        """The run's quality metric: final_test_acc (higher better) or, for a language model, final_val_loss."""
+        return quality_of(self.summary)[1]
+
+    @property
+    def quality(self) -> float | None:
+        return quality_of(self.summary)[0]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "final_val_loss"
 
     @property
     def concurrent_runs(self) -> int:
         v = self.summary.get("concurrent_runs", self.config.get("concurrent_runs", 1))
         return int(v) if isinstance(v, (int, float)) and v >= 1 else 1
+
+
+def not_worse(value: float, reference: float, higher_is_better: bool) -> bool:
+    """value at least as good as reference: >= for accuracy, <= for a loss."""
+    return value >= reference if higher_is_better else value <= reference
+
+
+def quality_label(metrics: Sequence[str]) -> str:
+    """Column label for the final quality of the runs listed (their ``metric`` values)."""
+    kinds = set(metrics)
+    if kinds == {"final_val_loss"}:
+        return "val loss (lower better)"
+    if "final_val_loss" in kinds:
+        return "acc % / val loss"
+    return "acc %"
 
 
 def _num(v: Any) -> float | None:

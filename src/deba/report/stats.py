@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import DebaError
 from ..logio import read_text_input
 from ..policy import canonical_arch
-from .runs import RunLog, _num, _parse_jsonl
+from .runs import RunLog, _num, _parse_jsonl, not_worse
 
 # --- statistics --------------------------------------------------------------------------------------
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -176,13 +176,14 @@ def time_to_accuracy(run: RunLog, target: float) -> float | None:
     """Training seconds (evaluation excluded) until the end of the first evaluated epoch whose test
     accuracy is at least ``target``; None if no epoch reaches it."""
     elapsed = 0.0
+    key = "test_acc" if run.higher_is_better else "val_loss"
     for rec in run.records:
         t = _num(rec.get("train_time_s"))
         if t is None:
             return None
         elapsed += t
-        acc = _num(rec.get("test_acc"))
-        if acc is not None and acc >= target:
+        acc = _num(rec.get(key))
+        if acc is not None and not_worse(acc, target, run.higher_is_better):
             return elapsed
     return None
 
@@ -219,7 +220,7 @@ def _timing_label(n: int) -> str:
 def _first_per_seed(runs: Sequence[RunLog], key: str) -> dict[int, float]:
     out: dict[int, float] = {}
     for r in runs:
-        v = _num(r.summary.get(key))
+        v = r.quality if key == "final_test_acc" else _num(r.summary.get(key))  # the quality, of either kind
         if v is not None:
             out.setdefault(r.seed, v)
     return out

@@ -13,7 +13,7 @@ from ..calibration import PAPER_TABLE2
 from ..errors import DebaError
 from ..policy import TABLE1_THRESHOLDS, canonical_arch
 from .paper import ABLATIONS, PAPER_TABLE3, PAPER_TABLE3_SUMMARY, PAPER_TABLE4
-from .runs import RunLog, RunSet, _num
+from .runs import RunLog, RunSet, _num, not_worse
 from .stats import (
     BenchTable,
     _by_group,
@@ -94,7 +94,7 @@ GOAL_MIN_SEEDS = 2
 def _first_complete_per_seed(runs: Sequence[RunLog]) -> dict[int, RunLog]:
     out: dict[int, RunLog] = {}
     for r in runs:
-        if r.complete and _num(r.summary.get("final_test_acc")) is not None:
+        if r.complete:
             out.setdefault(r.seed, r)
     return out
 
@@ -128,7 +128,7 @@ def table_goal(
         bases, per_seed = set(), []
         for k in seeds:
             r, b = done[k], base[k]
-            acc_ok = float(r.summary["final_test_acc"]) >= float(b.summary["final_test_acc"])
+            acc_ok = not_worse(r.quality, b.quality, r.higher_is_better)
             mt, mb = modelled.get(r.run_id, math.nan), modelled.get(b.run_id, math.nan)
             t, tb = _num(r.summary.get("train_time_s")), _num(b.summary.get("train_time_s"))
             if not (math.isnan(mt) or math.isnan(mb)) and mb > 0:
@@ -145,7 +145,7 @@ def table_goal(
                 n_time += acc_ok and time_ratio <= max_ratio
             n_steps += acc_ok and steps_ratio is not None and steps_ratio <= max_ratio
             bases.add(basis)
-            d = float(r.summary["final_test_acc"]) - float(b.summary["final_test_acc"])
+            d = r.quality - b.quality
             per_seed.append(
                 f"{k}: {d:+.2f}, time {'-' if time_ratio is None else f'{time_ratio:.2f}x'}, "
                 f"steps {'-' if steps_ratio is None else f'{steps_ratio:.2f}x'}"
@@ -217,8 +217,8 @@ def _table4_row(
 ) -> dict[str, Any]:
     """Table 4's measured columns for one (dataset, arch, epochs, arm) against its baseline arm's runs."""
     dataset, arch, epochs, arm = key
-    acc = [float(r.summary["final_test_acc"]) for r in done]
-    best = [_num(r.summary.get("best_test_acc")) for r in done]
+    acc = [r.quality for r in done]
+    best = [_num(r.summary.get("best_test_acc" if r.higher_is_better else "best_val_loss")) for r in done]
     times = _first_per_seed(done, "train_time_s")
     base_times = _first_per_seed(base, "train_time_s")
     all_times = [
@@ -256,10 +256,11 @@ def _table4_row(
         "n_pairs": pair.get("n_pairs", 0),
         "throughput": 1.0 if is_base and done else pair.get("throughput", math.nan),
         "acc_per_s": mean_std(
-            float(r.summary["final_test_acc"]) / float(r.summary["train_time_s"])
+            r.quality / float(r.summary["train_time_s"])
             for r in done
-            if (_num(r.summary.get("train_time_s")) or 0) > 0
+            if (_num(r.summary.get("train_time_s")) or 0) > 0 and r.higher_is_better  # a loss per s means nothing
         )[0],
+        "metric": members[0].metric,
         "concurrent_runs": shared,
         "timing": _timing_label(shared_pair if not is_base else shared),
         "devices": ", ".join(
@@ -514,6 +515,11 @@ def runs_table(runset: RunSet, modelled: Mapping[str, float] | None = None) -> p
                 "status": r.status,
                 "final_test_acc": _num(s.get("final_test_acc")),
                 "best_test_acc": _num(s.get("best_test_acc")),
+                "metric": r.metric,
+                "quality": r.quality,
+                "best_quality": _num(s.get("best_test_acc" if r.higher_is_better else "best_val_loss")),
+                "final_val_loss": _num(s.get("final_val_loss")),
+                "final_val_bpc": _num(s.get("final_val_bpc")),
                 "best_epoch": s.get("best_epoch"),
                 "train_time_s": _num(s.get("train_time_s")),
                 "eval_time_s": _num(s.get("eval_time_s")),

@@ -100,6 +100,20 @@ class TrainConfig:
     quiet: bool = False
     tensorboard: str | None = None
     concurrent_runs: int = 1
+    # language models (deba.training.lm): --dataset text / shakespeare-char, --arch gpt, AdamW, clipping
+    block_size: int = 64  # tokens per window, and the GPT's context
+    vocab: str = "char"  # char | byte
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    optimizer: str = "auto"  # auto (adamw for --arch gpt, else sgd) | sgd | adamw
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float | None = None  # clip the update's gradient to this 2-norm (signals see it unclipped)
+    warmup_samples: int = 0  # linear learning-rate warm-up over this many samples
+    min_lr: float = 0.0  # the cosine schedule decays to this
+    max_samples: int | None = None  # stop after this many samples (mid-epoch); the schedule ends there
 
     def __post_init__(self) -> None:
         self.validate()
@@ -160,6 +174,9 @@ class TrainConfig:
             raise DebaError(f"target_factor must be a number > 0, got {self.target_factor!r}")
         if self.noise_smoothing is not None and not 0 < self.noise_smoothing <= 1:
             raise DebaError(f"noise_smoothing must be a number in (0, 1], got {self.noise_smoothing!r}")
+        from .lm import validate_lm_options
+
+        validate_lm_options(self)
         if self.policy == "seesaw" and self.decision_interval and self.decision_interval_unit == "steps":
             raise DebaError("policy seesaw follows training progress: use decision_interval_unit samples "
                             "(or decide per epoch)")

@@ -17,7 +17,14 @@ def learning_rate(
     reference_batch: int,
     samples_seen: int,
     total_samples: int,
+    warmup_samples: int = 0,
+    min_lr: float = 0.0,
 ) -> float:
+    """The learning rate after ``samples_seen`` samples.
+
+    ``warmup_samples`` > 0: linear warm-up, base x (samples_seen + B0) / (warmup_samples + B0) with B0 the
+    reference batch (nanoGPT's (it + 1) / (warmup_iters + 1) at a fixed batch), then the schedule runs over
+    the remaining samples. ``min_lr``: the cosine decays to it instead of 0."""
     if scaling == "none":
         scale = 1.0
     elif scaling == "linear":
@@ -26,11 +33,16 @@ def learning_rate(
         scale = math.sqrt(batch_size / reference_batch)
     else:
         raise ValueError(f"unknown lr scaling {scaling!r}")
+    if warmup_samples > 0 and samples_seen < warmup_samples:
+        return base_lr * scale * (samples_seen + reference_batch) / (warmup_samples + reference_batch)
     if schedule == "constant":
         factor = 1.0
     elif schedule == "cosine":
-        progress = min(1.0, max(0.0, samples_seen / max(1, total_samples)))
+        span = max(1, total_samples - warmup_samples)
+        progress = min(1.0, max(0.0, (samples_seen - warmup_samples) / span))
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
     else:
         raise ValueError(f"unknown lr schedule {schedule!r}")
+    if min_lr:
+        return scale * (min_lr + factor * (base_lr - min_lr))
     return base_lr * scale * factor

@@ -624,19 +624,27 @@ def _model_device(model: nn.Module) -> torch.device:
 def make_step(model: nn.Module, signals: Any = None, *, lr: float = 0.01, momentum: float = 0.9,
               weight_decay: float = 5e-4, mode: str = "auto", amp: str = "none", channels_last: bool = False,
               micro_batch: int | None = None, loss_fn: Callable | None = None,
-              warmup_iters: int = DEFAULT_WARMUP_ITERS) -> EagerStep:
+              warmup_iters: int = DEFAULT_WARMUP_ITERS, **optim: Any) -> EagerStep:
     """The training step for ``model`` (already on its device).
 
     ``mode``: ``"eager"`` (or ``"off"``); ``"graph"`` (or ``"on"``): CUDA graphs, an error where they
     cannot be used; ``"auto"``: CUDA graphs on a CUDA device (falling back to eager, with one warning,
     if a capture fails), eager elsewhere -- the returned step's ``mode`` says which it is and, when
     eager, ``graph_off_reason`` why. ``signals`` is a ``deba.signals.GradientSignals`` or None.
+    ``optim`` (``optimizer`` sgd | adamw, ``betas``, ``eps``, ``grad_clip``) selects the steps of
+    :mod:`deba.training.optim` (AdamW and/or clipping); without it, the SGD steps above.
     """
     mode = _MODE_ALIASES.get(mode, mode)
     if mode not in STEP_MODES:
         raise DebaError(f"step mode must be one of auto, eager, graph (or on, off), got {mode!r}")
     kwargs = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "amp": amp, "channels_last": channels_last,
                   "micro_batch": micro_batch, "loss_fn": loss_fn}
+    eager_cls, graph_cls = EagerStep, GraphStep
+    if optim.get("optimizer", "sgd") != "sgd" or optim.get("grad_clip") is not None:
+        from .optim import OptimEagerStep, OptimGraphStep
+
+        eager_cls, graph_cls = OptimEagerStep, OptimGraphStep
+        kwargs.update(optim)
     device = _model_device(model)
     reason = None
     if device.type != "cuda":
@@ -646,7 +654,7 @@ def make_step(model: nn.Module, signals: Any = None, *, lr: float = 0.01, moment
     if mode == "graph" and reason:
         raise DebaError(f"CUDA graphs requested but {reason}; use graphs auto or off")
     if mode == "eager" or reason:
-        step = EagerStep(model, signals, **kwargs)
+        step = eager_cls(model, signals, **kwargs)
         step.graph_off_reason = reason or "graphs off"
         return step
-    return GraphStep(model, signals, requested=mode, warmup_iters=warmup_iters, **kwargs)
+    return graph_cls(model, signals, requested=mode, warmup_iters=warmup_iters, **kwargs)

@@ -78,6 +78,7 @@ from . import safety
 from .checkpoint import CHECKPOINT_NAME, fit_problem, load_for_resume, rng_state, save_checkpoint, set_rng_state
 from .checkpoint import snapshot_state
 from .config import TrainConfig
+from .lm import step_options as lm_step_options
 from .schedule import learning_rate
 
 # config keys that may differ between a checkpoint and a resuming run
@@ -280,7 +281,12 @@ class Trainer:
         from .step import make_step
 
         c = self.config
-        if self._train_dataset is not None:
+        from .lm import LMTask
+
+        self.lm = LMTask.for_config(c) if self._dataset is None and self._train_dataset is None else None
+        if self.lm is not None:  # text: windows of tokens, a validation loss (deba.training.lm)
+            n_train, num_classes = self.lm.setup_data(self)
+        elif self._train_dataset is not None:
             n_train, num_classes = self._setup_user_data()
         else:
             if self._test_dataset is not None:
@@ -302,6 +308,8 @@ class Trainer:
             raise DebaError(f"b_min {self.policy.b_min} is smaller than the number of ranks {self.dist.world_size}")
 
         model = self._user_model
+        if model is None and self.lm is not None and not c.model:
+            model = self.lm.build_model(num_classes)
         if model is None:
             if num_classes is None:
                 raise DebaError("num_classes is needed to build the model for a user's dataset "
@@ -332,8 +340,10 @@ class Trainer:
         factory = self._step_factory or make_step
         self.step = factory(self.train_module, signals=self.signals, lr=c.lr, momentum=c.momentum,
                             weight_decay=c.weight_decay, mode=mode, amp=c.amp, channels_last=c.channels_last,
-                            micro_batch=c.micro_batch)
+                            micro_batch=c.micro_batch, **lm_step_options(c))
         self.total_samples = c.epochs * n_train
+        if c.max_samples:
+            self.total_samples = min(self.total_samples, c.max_samples)
         self.tb = None
         if c.tensorboard and self.dist.is_main:
             try:
@@ -482,9 +492,10 @@ class Trainer:
     def summary(self) -> dict:
         c, s = self.config, self.state
         recs = s.records
-        final = recs[-1]["test_acc"] if recs and recs[-1]["epoch"] == c.epochs else None
+        final_done = bool(recs) and (recs[-1]["epoch"] == c.epochs or self._samples_done())
+        final = recs[-1]["test_acc"] if final_done else None
         counts = self.policy.counts
-        return {
+        summary = {
             "run_name": c.run_name or (Path(c.out).name if c.out else None),
             "arch": c.model or c.arch,
             "dataset": self.dataset_name,
@@ -519,13 +530,20 @@ class Trainer:
             "python_version": platform.python_version(),
             "graphs": getattr(self.step, "mode", None),
         }
+        if self.lm is not None:
+            summary.update(self.lm.summary_fields(recs, final_done, s.samples_seen))
+        return summary
+
+    def _samples_done(self) -> bool:
+        """--max-samples reached: the run ends (mid-epoch)."""
+        return bool(self.config.max_samples) and self.state.samples_seen >= self.config.max_samples
 
     # --- the loop ----------------------------------------------------------------------------------
     def _lr(self) -> float:
         c = self.config
         return learning_rate(c.lr, schedule=c.lr_schedule, scaling=c.lr_scaling, batch_size=self.policy.batch_size,
                              reference_batch=c.start_batch, samples_seen=self.state.samples_seen,
-                             total_samples=self.total_samples)
+                             total_samples=self.total_samples, warmup_samples=c.warmup_samples, min_lr=c.min_lr)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -677,7 +695,7 @@ class Trainer:
             offset, steps, samples = part["offset"], part["steps"], part["samples"]
             batch_at_start, batch_steps, periods = part["batch_at_start"], part["batch_steps"], part["periods"]
         self.train_module.train()
-        while s.status == "running":
+        while s.status == "running" and not self._samples_done():
             size = self.policy.batch_size
             self._set_batch(size)
             global_b = self.loader.global_batch_size
@@ -719,6 +737,8 @@ class Trainer:
                                          "snapshot": self._epoch_start["snapshot"],
                                          "train_time_s": time.perf_counter() - self._epoch_start["t0"]}
                         raise _StopNow
+                    if self._samples_done():
+                        break
             except OOM_ERRORS as e:
                 self._handle_oom(size, e)
                 restart = True
@@ -789,8 +809,10 @@ class Trainer:
         return box[0]["record"]
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Test accuracy (percent) and mean test loss; one host read."""
+    def evaluate(self) -> tuple[float | None, float]:
+        """Test accuracy (percent) and mean test loss; one host read. Language models: (None, validation loss)."""
+        if self.lm is not None:
+            return None, self.lm.evaluate(self.model, self.config.amp)
         model = self.model
         was_training = model.training
         model.eval()
@@ -893,6 +915,8 @@ class Trainer:
             self._event(note)
         if self.out and self.dist.is_main:
             write_json(self.out / CONFIG_FILE, c.to_dict())
+            if self.lm is not None:
+                self.lm.write_vocab(self.out)
         progress = None
         if not c.quiet and self.dist.is_main:
             from tqdm.auto import tqdm
@@ -900,7 +924,7 @@ class Trainer:
             progress = tqdm(total=c.epochs, initial=self.state.epoch, desc=c.run_name or "train", unit="epoch",
                             dynamic_ncols=True, file=sys.stderr)
         try:
-            while self.state.epoch < c.epochs and self.state.status == "running":
+            while self.state.epoch < c.epochs and self.state.status == "running" and not self._samples_done():
                 if safety.agree_any(self._stop.requested, self.device, self.dist.enabled):
                     raise _StopNow
                 self._run_one_epoch()
@@ -1007,7 +1031,7 @@ class Trainer:
 
         test_acc = test_loss = None
         eval_time = 0.0
-        if self.test_loader is not None and (epoch % c.eval_every == 0 or epoch == c.epochs):
+        if self.test_loader is not None and (epoch % c.eval_every == 0 or epoch == c.epochs or self._samples_done()):
             t1 = time.perf_counter()
             if self.dist.is_main:
                 test_acc, test_loss = self.evaluate()
@@ -1021,6 +1045,8 @@ class Trainer:
                    test_acc=test_acc, test_loss=test_loss, b_max_cap=self.policy.b_max_cap,
                    events=[e["event"] for e in s.events if e["epoch"] == epoch])
         rec.pop("epoch_of_period", None)
+        if self.lm is not None:
+            self.lm.annotate(rec, epoch)
         s.records.append(rec)
         self._log_tensorboard(rec)
         for cb in self.callbacks:
