@@ -145,7 +145,7 @@ def _pair_row(group: tuple, arm: str, ref: str, done: dict, base: dict) -> dict[
             "delta": q, "delta_lo": q_lo, "delta_hi": q_hi,
             "steps_ratio": s, "steps_ratio_lo": s_lo, "steps_ratio_hi": s_hi,
             "modelled_time_ratio": t, "modelled_time_ratio_lo": t_lo, "modelled_time_ratio_hi": t_hi,
-            "per_seed_delta": ", ".join(f"{k}: {d:+.2f}" for k, d in zip(seeds, d_q)),
+            "per_seed_delta": ", ".join(f"{k}: {d:+.{_digits(metric)}f}" for k, d in zip(seeds, d_q)),
             "per_seed_steps_ratio": ", ".join(f"{x:.2f}" for x in r_steps)}
 
 
@@ -183,6 +183,11 @@ def paired_table(runs: Sequence[Any], references: Sequence[str] = REFERENCES) ->
     return pd.DataFrame(rows)
 
 
+def _digits(metric: str) -> int:
+    """Decimals shown: accuracy in points to 0.01, a validation loss to 0.001 (its goal is +0.01)."""
+    return 3 if metric == "final_val_loss" else 2
+
+
 def _ci(m: float, lo: float, hi: float, digits: int = 2, signed: bool = False) -> str:
     if m is None or math.isnan(m):
         return "-"
@@ -206,8 +211,9 @@ def render(table: pd.DataFrame) -> list[str]:
                   "| dataset | arch | arm | pairs | quality | delta | steps ratio | modelled time ratio | per-seed delta |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for _, r in t.iterrows():
-            lines.append(f"| {r.dataset} | {r.arch} | {r.arm} | {r.n_pairs} | {r.quality:.2f} vs {r.reference_quality:.2f} | "
-                         f"{_ci(r.delta, r.delta_lo, r.delta_hi, signed=True)} | "
+            n = _digits(r.metric)
+            lines.append(f"| {r.dataset} | {r.arch} | {r.arm} | {r.n_pairs} | {r.quality:.{n}f} vs "
+                         f"{r.reference_quality:.{n}f} | {_ci(r.delta, r.delta_lo, r.delta_hi, n, signed=True)} | "
                          f"{_ci(r.steps_ratio, r.steps_ratio_lo, r.steps_ratio_hi)} | "
                          f"{_ci(r.modelled_time_ratio, r.modelled_time_ratio_lo, r.modelled_time_ratio_hi)} | "
                          f"{r.per_seed_delta} |")
