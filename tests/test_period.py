@@ -12,26 +12,14 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from deba.errors import DebaError
 from deba.integrations import DebaController
 from deba.period import PeriodLoop
 from deba.policy import FixedPolicy, make_deba
 
-N = 96
-
-
-def dataset(n=N, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 8)).astype(np.float32)
-    y = (x @ rng.normal(size=(8, 3))).argmax(axis=1)
-    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-
-
-def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+from test_integrations import dataset, mlp  # the same data and model as the integrations' tests
 
 
 def growing(**kw):
