@@ -53,6 +53,13 @@ FAKE_TRAIN = textwrap.dedent(r"""
                "grad_var": 1e-3 * (1 + 0.1 * ((7 * seed + 3 * e) % 5)),
                "grad_norm": 1 + 0.05 * ((seed + 2 * e) % 7),
                "loss": 2.0 / e + 0.01 * (seed % 3)}
+        if cfg.get("decision_interval"):  # signals per period in decisions.jsonl, as the trainer writes them
+            rec.update(grad_var=None, grad_norm=None)
+            for i in (2 * e - 1, 2 * e):
+                period = {"schema_version": 1, "epoch": i, "grad_var": 2e-3 * (1 + 0.1 * ((5 * seed + i) % 7)),
+                          "grad_norm": 1 + 0.03 * ((seed + 3 * i) % 5), "loss": 1.5 / i}
+                with open(out / "decisions.jsonl", "a") as f:
+                    f.write(json.dumps(period) + "\n")
         with open(out / "epochs.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         ckpt.write_text(str(e))
@@ -737,6 +744,24 @@ def test_dependent_runs_start_after_their_dependencies(tmp_path, fake):
     fresh = tmp_path / "fresh"
     assert study.restore_archives([archive], fresh) == 15
     assert all(st == "complete" for _, st, _ in study.plan_table(spec, fresh))
+
+
+def test_calibration_reads_the_period_log_of_runs_with_decision_periods(tmp_path, fake):
+    """With a decision interval a run's signals are per period, in decisions.jsonl (its epochs.jsonl has none):
+    calibrate_from reads those, and the thresholds equal the NumPy reference on them."""
+    spec = study.parse_spec({**DEP_SPEC, "common": {**DEP_SPEC["common"], "decision_interval": 100,
+                                                    "decision_interval_unit": "samples"},
+                             "arms": {k: DEP_SPEC["arms"][k] for k in ("fixed", "cal")}})
+    out = tmp_path / "out"
+    res = run(spec, out, fake, parallel=2)
+    assert res.exit_code == 0 and res.count("complete") == 6, [(o.run_id, o.status, o.detail) for o in res.outcomes]
+    logs = [[json.loads(x) for x in (out / f"synthetic/tiny_cnn/fixed/seed{s}/decisions.jsonl").read_text().splitlines()]
+            for s in (1, 2, 3)]
+    assert len(logs[0]) == 8  # two periods per epoch
+    th = json.loads((out / "synthetic/tiny_cnn/cal/thresholds.json").read_text())
+    stab, conf = _numpy_thresholds(logs, 3, "bounded")
+    assert th["theta_stab"] == pytest.approx(stab, rel=1e-12) and th["theta_conf"] == pytest.approx(conf, rel=1e-12)
+    assert all(name.endswith("/decisions.jsonl") for name in th["logs"])
 
 
 def test_runs_other_runs_need_start_first(tmp_path, fake):

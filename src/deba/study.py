@@ -58,6 +58,7 @@ from .logio import atomic_write_text, check_output_file, dumps, make_dir, read_t
 from .runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    DECISIONS_FILE,
     EPOCHS_FILE,
     PACKED_FILES,
     RUN_LOG_FILE,
@@ -568,6 +569,13 @@ def thresholds_path(plan: RunPlan, out: str | os.PathLike) -> Path:
     return plan.dir(Path(out)).parent / THRESHOLDS_NAME
 
 
+def _signal_log_name(run_dir: Path) -> str:
+    """Where a finished run's per-period signals are: decisions.jsonl for a run with decision periods (its
+    epochs.jsonl then sums the periods up without signals), epochs.jsonl otherwise."""
+    config = _read_json_quiet(run_dir / CONFIG_FILE) or {}
+    return DECISIONS_FILE if config.get("decision_interval") else EPOCHS_FILE
+
+
 def _calibrated_thresholds(plan: RunPlan, dep: Dependency, out: Path) -> Path:
     from .calibration import calibrate, write_thresholds_file
     from .logio import read_signal_log
@@ -579,10 +587,9 @@ def _calibrated_thresholds(plan: RunPlan, dep: Dependency, out: Path) -> Path:
     preset = plan.config.get("preset") or DEFAULT_PRESET
     conf_mode = PRESETS[preset]["conf_mode"]
     window = plan.config.get("window") or 15
-    logs = [read_signal_log(_run_dir(out, r) / EPOCHS_FILE) for r in dep.run_ids]
-    report = calibrate(
-        logs, window=window, conf_mode=conf_mode, names=[f"{r}/{EPOCHS_FILE}" for r in dep.run_ids]
-    )
+    names = [f"{r}/{_signal_log_name(_run_dir(out, r))}" for r in dep.run_ids]
+    logs = [read_signal_log(out / name) for name in names]
+    report = calibrate(logs, window=window, conf_mode=conf_mode, names=names)
     path = thresholds_path(plan, out).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_thresholds_file(path, report, arch=plan.config.get("model") or plan.arch)
