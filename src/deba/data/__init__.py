@@ -14,10 +14,10 @@ from .dataset import (
     ArrayDataset,
     channel_stats,
     default_cache_dir,
-    load_dataset,
     subset_indices,
     take_subset,
 )
+from .load import load_dataset
 from .loader import DeviceLoader, eval_batches
 from .sampling import BatchSizeError, epoch_permutation
 from .synthetic import make_synthetic
