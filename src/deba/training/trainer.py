@@ -52,42 +52,37 @@ Safety rules, each tested (docs/reliability.md):
 """
 from __future__ import annotations
 
-import datetime
-import gc
 import math
 import os
-import platform
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..errors import DebaError, option
-from ..logio import make_dir, read_json, write_json, write_jsonl
+from ..errors import DebaError
+from ..logio import make_dir, read_json, write_json
 from ..runlock import lock_run_folder
 from ..policy import BatchSizePolicy, EpochSignals
-from ..runfolder import CONFIG_FILE, DECISIONS_FILE, EPOCHS_FILE, SUMMARY_FILE
+from ..runfolder import CONFIG_FILE, SUMMARY_FILE
 from ..signals import NOISE_FIELDS
 from .build import build_policy, policy_arch_name, resolve_device
-from . import safety
-from .checkpoint import CHECKPOINT_NAME, fit_problem, load_for_resume, rng_state, save_checkpoint, set_rng_state
-from .checkpoint import snapshot_state
+from . import evaluation, oom, records, safety
+from . import resume as resume_mod
+from .callbacks import TrainerCallback, call_hook  # noqa: F401  (TrainerCallback: re-exported)
+from .checkpoint import CHECKPOINT_NAME, snapshot_state
 from .config import TrainConfig
+# names that moved to their own modules stay importable from here (deba.training.trainer.X)
+from .distributed import (DistInfo, RankTimeout, RestartNeeded, broadcast_decision, join_process_group,  # noqa: F401
+                          rank_timeout, release_distributed)
 from .lm import step_options as lm_step_options
+from .oom import OOM_ERRORS, OOM_LIMITS_GLOB  # noqa: F401
+from .records import RunState, log_tensorboard, periods_epoch_record, tensors_note
+from .resume import RESUME_MUTABLE_KEYS  # noqa: F401
 from .schedule import learning_rate
-
-# config keys that may differ between a checkpoint and a resuming run
-RESUME_MUTABLE_KEYS = {"quiet", "tensorboard", "out", "concurrent_runs", "device", "checkpoint_every", "epochs",
-                       "max_nonfinite", "nonfinite_action", "dist_timeout"}
-
-OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
-    t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if t
-)
 
 
 class NonFiniteStop(DebaError):
@@ -110,90 +105,23 @@ class _StopNow(Exception):
     """Raised at a step boundary when a stop was requested; caught in Trainer._fit."""
 
 
-class RestartNeeded(DebaError):
-    """A multi-process run ran out of memory on one rank: it cannot go on in this process group (the other
-    ranks wait in a collective this rank will never join), so it stops; the limit it learnt is written to
-    the run folder and applied when the run is started again with ``--resume``. Exit code 75 is sysexits'
-    EX_TEMPFAIL ("try again"); ``torchrun --max-restarts N`` restarts on any failure."""
-
-    exit_code = 75
-
-
-class RankTimeout(RestartNeeded):
-    """A collective waited longer than ``dist_timeout`` for a rank (stopped, hung or dead): exit 75, so
-    ``torchrun --max-restarts N`` starts the job again and it resumes from the checkpoint."""
-
-
-OOM_LIMITS_GLOB = "oom-rank*.json"  # per rank: {"b_max_cap": N} and/or {"micro_batch": M}, see _persist_oom_limit
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    initialized_here: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+_STARTED_GROUP = False
 
 
 def init_distributed(device_pref: str, timeout_s: float | None = None) -> DistInfo:
-    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    here = False
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device_pref != "cpu"
-        # The store torchrun describes (env://), with the keys of this start under a prefix of their own:
-        # after a restart (torchrun --max-restarts, see RestartNeeded) the store can still hold the
-        # previous start's process-group keys, and the new ranks would read the dead ranks' addresses
-        # ("connectFullMesh failed ... Connection refused", or a hang). Seen with torch 2.14 and gloo.
-        from torch.distributed.rendezvous import rendezvous
-
-        store, rank, world = next(rendezvous("env://"))
-        start = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        store = dist.PrefixStore(f"deba/start{start}", store)
-        # timeout: a rank that stops responding ends the job after this long, not torch's 30-minute default
-        kw = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
-                                **kw)
-        here = True
-        # A process that exits with its process group alive can abort in interpreter teardown ("terminate
-        # called without an active exception", SIGABRT; pytorch/pytorch#190489, #179291): seen twice here in
-        # full runs of the test suite (tests/test_ddp.py), never in 100-odd runs of the same commands alone.
-        # Trainer.fit ends the group when it completes, but that is not enough under DDP:
-        # DistributedDataParallel keeps the gloo group and its threads alive after destroy_process_group
-        # (torch 2.14; see tests/test_ddp.py). So `deba` itself, having written all it writes, leaves a
-        # distributed run with os._exit (deba.cli.main, see process_group_started).
-        global _STARTED_GROUP
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, ...); see
+    :func:`deba.training.distributed.join_process_group`. A group joined here is remembered for
+    :func:`process_group_started` (``deba.cli`` leaves such a run with os._exit)."""
+    global _STARTED_GROUP
+    info = join_process_group(device_pref, timeout_s)
+    if info.initialized_here:
         _STARTED_GROUP = True
-    return DistInfo(rank, world, local, here)
-
-
-_STARTED_GROUP = False
+    return info
 
 
 def process_group_started() -> bool:
     """Whether this process joined a torchrun process group through deba (init_distributed)."""
     return _STARTED_GROUP
-
-
-def release_distributed() -> None:
-    """End the default process group if one is alive (safe to call twice, and where none was started)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -204,32 +132,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-@dataclass
-class RunState:
-    """What the loop carries across epochs; all of it goes into the checkpoint."""
-
-    epoch: int = 0  # epochs completed
-    period: int = 0  # decision periods completed (== epoch unless decision_interval is set)
-    samples_seen: int = 0
-    train_time_s: float = 0.0
-    eval_time_s: float = 0.0
-    nonfinite_events: int = 0
-    best_test_acc: float | None = None
-    best_epoch: int | None = None
-    largest_ok_batch: int = 0
-    steps: int = 0  # optimisation steps of the run
-    micro_batch: int | None = None  # set by --accumulate after an out-of-memory error; kept for the run
-    since_decision_steps: int = 0  # interval mode: steps and global samples of the open period
-    since_decision_samples: int = 0
-    records: list = field(default_factory=list)  # epochs.jsonl
-    decisions: list = field(default_factory=list)  # decisions.jsonl (decision_interval mode)
-    events: list = field(default_factory=list)
-    status: str = "running"
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 class Trainer:
@@ -386,91 +288,10 @@ class Trainer:
 
     def save(self) -> None:
         """Write the checkpoint (rank 0); every rank must call it (the open period's sums are reduced)."""
-        path = self.checkpoint_path()
-        if path is None:
-            return
-        signals = self._signals_state()
-        if not self.dist.is_main:
-            return
-        save_checkpoint(path, {
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
-            "step": self.step.state_dict(),
-            "policy": self.policy.state_dict(),
-            "rng": rng_state(),
-            "run": self.state.to_dict(),
-            # interval mode: the open period's accumulators and its starting state (None between periods)
-            "signals": signals,
-            "period_start": self._period_snapshot,
-            "partial_epoch": self._partial,  # a stop mid-epoch: where the epoch goes on (None otherwise)
-        })
-
-    def _signals_state(self) -> dict:
-        """The signal accumulators; with several ranks the per-rank sums (loss, steps) are summed, so that
-        rank 0 can hold them all after a resume and the period's closing all-reduce counts them once."""
-        state = self.signals.state_dict()
-        if self.dist.enabled:
-            import torch.distributed as dist
-
-            keys = ("loss_sum", "steps", "nonfinite_steps")
-            t = torch.tensor([state[k] for k in keys], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            state.update(zip(keys, t.tolist()))
-        return state
+        resume_mod.save(self)
 
     def resume(self, fallback: bool = False) -> bool:
-        path = self.checkpoint_path()
-        if path is None or not path.exists():
-            return False
-        payload, note = load_for_resume(path, fallback, map_location=self.device)
-        if note:
-            self._notes_after_resume.append(note)
-        problem = fit_problem(payload, self.model, set(RunState.__dataclass_fields__))
-        if problem:
-            raise DebaError(f"{path}: checkpoint does not fit this run: {problem}")
-        saved = payload["config"]
-        mine = self.config.to_dict()
-        # a key the checkpoint's deba did not know yet had its default then
-        defaults = TrainConfig().to_dict()
-        differ = sorted(k for k in mine if k not in RESUME_MUTABLE_KEYS and saved.get(k, defaults[k]) != mine[k])
-        if differ:
-            raise DebaError(f"{path}: checkpoint was written with a different config ({', '.join(differ)}); "
-                            "resume with the same settings or use another --out")
-        if payload["run"]["epoch"] > self.config.epochs:
-            raise DebaError(f"{path}: checkpoint is at epoch {payload['run']['epoch']}, beyond --epochs {self.config.epochs}")
-        horizon = saved.get("epochs", defaults["epochs"])
-        if self.config.lr_schedule == "cosine" and horizon != self.config.epochs:
-            # the cosine decay is laid over the run's epochs: another horizon would restart it mid-run
-            raise DebaError(f"{path}: the run's cosine schedule decays over {horizon} epochs; resuming with "
-                            f"{option('epochs')} {self.config.epochs} would restart the decay. Resume with "
-                            f"{option('epochs')} {horizon}, or start a new run for a longer schedule")
-        self.model.load_state_dict(payload["model"])
-        try:
-            self.step.load_state_dict(payload["step"])
-            self.policy.load_state_dict(payload["policy"])
-            set_rng_state(payload["rng"])
-        except (DebaError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
-            what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DebaError(f"{path}: checkpoint does not fit this run's optimizer, policy or RNG ({what})") from None
-        bad = safety.nonfinite_tensors(self.model)
-        if bad:
-            raise DebaError(f"{path}: checkpoint holds non-finite values ({', '.join(bad)}); resume from an "
-                            "earlier checkpoint or start afresh")
-        self.state = RunState(**payload["run"])
-        self._partial = payload.get("partial_epoch")
-        self.state.status = "running"
-        signals = payload.get("signals")
-        if signals is not None:
-            if not self.dist.is_main:  # rank 0 holds the summed per-rank sums (see _signals_state)
-                signals = {**signals, "loss_sum": 0.0, "steps": 0.0, "nonfinite_steps": 0.0}
-            self.signals.load_state_dict(signals)
-        self._period_snapshot = payload.get("period_start")
-        if self.state.micro_batch is not None:
-            self._set_micro_batch(self.state.micro_batch)
-        part = self._partial
-        self._event(f"resumed from checkpoint at epoch {self.state.epoch}"
-                    + (f", step {part['steps']} of epoch {part['epoch']}" if part else ""))
-        return True
+        return resume_mod.resume(self, fallback)
 
     # --- outputs ---------------------------------------------------------------------------------
     def _event(self, text: str) -> None:
@@ -480,59 +301,11 @@ class Trainer:
             print(f"[deba] epoch {epoch}: {text}", file=sys.stderr)
 
     def write_outputs(self) -> dict:
-        summary = self.summary()
-        if self.out is None or not self.dist.is_main:
-            return summary
-        write_jsonl(self.out / EPOCHS_FILE, self.state.records)
-        if self.config.decision_interval:
-            write_jsonl(self.out / DECISIONS_FILE, self.state.decisions)
-        write_json(self.out / SUMMARY_FILE, summary)
-        return summary
+        """Rewrite the run's log files whole from the records (rank 0); returns the summary."""
+        return records.write_outputs(self)
 
     def summary(self) -> dict:
-        c, s = self.config, self.state
-        recs = s.records
-        final_done = bool(recs) and (recs[-1]["epoch"] == c.epochs or self._samples_done())
-        final = recs[-1]["test_acc"] if final_done else None
-        counts = self.policy.counts
-        summary = {
-            "run_name": c.run_name or (Path(c.out).name if c.out else None),
-            "arch": c.model or c.arch,
-            "dataset": self.dataset_name,
-            "policy": self.policy.name,
-            "preset": getattr(self.policy, "preset", None),
-            "seed": c.seed,
-            "epochs": c.epochs,
-            "epochs_completed": s.epoch,
-            "status": s.status,
-            "final_test_acc": final,
-            "best_test_acc": s.best_test_acc,
-            "best_epoch": s.best_epoch,
-            "train_time_s": s.train_time_s,
-            "eval_time_s": s.eval_time_s,
-            "increases": counts["increase"],
-            "rollbacks": counts["rollback"],
-            "holds": counts["hold"],
-            "non_finite_epochs": s.nonfinite_events,
-            "batch_sizes": [r["batch_size"] for r in recs],
-            "final_batch_size": self.policy.batch_size,
-            "max_batch_size": max((r["batch_size"] for r in recs), default=None),
-            "b_max_cap": self.policy.b_max_cap,
-            "samples_seen": s.samples_seen,
-            "steps": s.steps,
-            "decisions": s.period,
-            "micro_batch": self.step.micro_batch,
-            "events": s.events,
-            "concurrent_runs": c.concurrent_runs,
-            "world_size": self.dist.world_size,
-            "device_name": _device_name(self.device),
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "graphs": getattr(self.step, "mode", None),
-        }
-        if self.lm is not None:
-            summary.update(self.lm.summary_fields(recs, final_done, s.samples_seen))
-        return summary
+        return records.run_summary(self)
 
     def _samples_done(self) -> bool:
         """--max-samples reached: the run ends (mid-epoch)."""
@@ -551,119 +324,6 @@ class Trainer:
 
     def _set_batch(self, size: int) -> None:
         self.loader.set_batch_size(size)
-
-    def _free_memory(self) -> None:
-        if hasattr(self.step, "free_graphs"):
-            self.step.free_graphs()
-        if self.device.type == "cuda":
-            gc.collect()  # tensors still referenced from the error's traceback frames
-            torch.cuda.empty_cache()
-
-    def _set_micro_batch(self, size: int) -> None:
-        """Split every batch into micro-batches of at most ``size`` samples (per process) from now on.
-
-        A CUDA-graph step keys its graphs by input shape only and captured the old split, so its graphs
-        are dropped and recaptured at the next call."""
-        self.step.micro_batch = int(size)
-        if hasattr(self.step, "free_graphs"):
-            self.step.free_graphs()
-
-    def _handle_oom(self, failed: int, err: BaseException) -> None:
-        if self.config.accumulate:
-            self._shrink_micro_batch(failed)
-            return
-        good = self.state.largest_ok_batch
-        if good <= 0 or good >= failed:
-            good = max(self.policy.b_min, failed // 2) if good <= 0 else good
-        if failed <= self.policy.b_min:
-            raise DebaError(f"out of memory at batch size {failed}, the smallest allowed (b_min); "
-                            "use a smaller model, --accumulate, --micro-batch, or --amp bf16") from None
-        cap = min(good, failed - 1)
-        if self.dist.enabled:
-            self._persist_oom_limit(failed, b_max_cap=cap)
-        self._free_memory()
-        self.policy.cap_batch_size(cap)
-        self._event(f"out of memory at batch size {failed}; B_max capped at {self.policy.effective_b_max}, "
-                    f"continuing the epoch at batch size {self.policy.batch_size}")
-
-    def _shrink_micro_batch(self, failed: int) -> None:
-        """--accumulate: halve the micro-batch the failed step ran (the per-process batch when none was set).
-
-        Called again on each failure, so the halving goes on until a step fits; the size found stays."""
-        per_process = self.loader.per_rank_batch_size
-        current = self.step.micro_batch
-        ran = per_process if current is None else min(current, per_process)
-        if ran <= 1:
-            raise DebaError(f"out of memory at batch size {failed} even with micro-batches of 1 sample; "
-                            "use a smaller model or --amp bf16") from None
-        size = ran // 2
-        if self.dist.enabled:
-            self._persist_oom_limit(failed, micro_batch=size)
-        self._free_memory()
-        self._set_micro_batch(size)
-        self.state.micro_batch = size
-        self._event(f"micro-batch set to {size} after out of memory at batch size {failed}")
-
-    def _persist_oom_limit(self, failed: int, **limit: int) -> None:
-        """Multi-process run: write this rank's limit to the run folder and stop (RestartNeeded).
-
-        A rank that ran out of memory cannot recover in place: the others are already inside this step's
-        gradient all-reduce (or the next one), which it would join out of step. Nothing else on this rank
-        is written; the checkpoint of the last finished epoch stays the state to resume from, and
-        :meth:`_apply_oom_limits` applies the smallest limit every rank wrote when the run starts again."""
-        r, w = self.dist.rank, self.dist.world_size
-        what = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in limit.items())
-        if self.out is None:
-            raise RestartNeeded(f"out of memory at batch size {failed} on rank {r} of {w}; a multi-process run "
-                                f"without an output folder cannot keep the limit ({what}): give --out") from None
-        path = self.out / OOM_LIMITS_GLOB.replace("*", str(r))
-        merged = dict(limit)
-        if path.exists():
-            old = read_json(path)
-            for k, v in old.items():
-                if k in ("b_max_cap", "micro_batch") and isinstance(v, int):
-                    merged[k] = min(v, merged.get(k, v))
-        make_dir(self.out)
-        write_json(path, {**merged, "failed_batch_size": failed, "rank": r, "world_size": w,
-                          "epoch": self._current_epoch})
-        raise RestartNeeded(f"out of memory at batch size {failed} on rank {r} of {w}: stopping, the other ranks "
-                            f"cannot go on with this one; {what} is kept in {path.name} and applied when the run "
-                            "is started again with --resume (torchrun --max-restarts N does it for you)") from None
-
-    def _apply_oom_limits(self) -> None:
-        """Apply the limits ranks of an earlier start of this run wrote when they ran out of memory.
-
-        Every rank reads the run folder (shared, as for the checkpoint) and the smallest value of each
-        limit is agreed with one all-reduce, so all ranks train at the same sizes even if one could not
-        read a file."""
-        caps: list[int] = []
-        micros: list[int] = []
-        if self.out is not None and self.out.is_dir():
-            for path in sorted(self.out.glob(OOM_LIMITS_GLOB)):
-                saved = read_json(path)
-                for key, into in (("b_max_cap", caps), ("micro_batch", micros)):
-                    v = saved.get(key)
-                    if v is None:
-                        continue
-                    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                        raise DebaError(f"{path}: {key} must be an integer >= 1, got {v!r}")
-                    into.append(v)
-        none = 2 ** 62
-        cap, micro = min(caps, default=none), min(micros, default=none)
-        if self.dist.enabled:
-            import torch.distributed as dist
-
-            t = torch.tensor([cap, micro], dtype=torch.int64, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            cap, micro = (int(v) for v in t.tolist())
-        if cap != none and (self.policy.b_max_cap is None or cap < self.policy.b_max_cap):
-            self.policy.cap_batch_size(max(cap, self.policy.b_min))
-            self._event(f"B_max capped at {self.policy.effective_b_max} (out of memory in an earlier start of "
-                        f"this run), training at batch size {self.policy.batch_size}")
-        if micro != none and (self.step.micro_batch is None or micro < self.step.micro_batch):
-            self._set_micro_batch(micro)
-            self.state.micro_batch = micro
-            self._event(f"micro-batch set to {micro} (out of memory in an earlier start of this run)")
 
     STOP_CHECK_STEPS = 8  # multi-process: ranks agree on a stop request every this many steps
 
@@ -740,7 +400,7 @@ class Trainer:
                     if self._samples_done():
                         break
             except OOM_ERRORS as e:
-                self._handle_oom(size, e)
+                oom.handle_oom(self, size, e)
                 restart = True
             if not restart:
                 break
@@ -761,7 +421,7 @@ class Trainer:
         signals = EpochSignals(s.period, sig["grad_var"], sig["grad_norm"], None if nonfinite else sig["loss"],
                                gns_g2=sig.get("gns_g2"), gns_trace=sig.get("gns_trace"))
         if self.dist.enabled:  # decided once on rank 0 and broadcast, so every rank makes the identical decision
-            rec = self._broadcast_decision(signals)
+            rec = broadcast_decision(self.policy, signals, self.dist.is_main)
         else:
             rec = self.policy.step(signals).to_dict()
         rec.update(steps=sig["steps"], nonfinite_steps=sig["nonfinite_steps"], epoch_of_period=period_end_epoch)
@@ -774,92 +434,31 @@ class Trainer:
             rec.update(steps=s.since_decision_steps, samples=s.since_decision_samples, global_step=s.steps)
             s.since_decision_steps = s.since_decision_samples = 0
             if nonfinite:
-                self._discard_period(rec)
+                self._discard_nonfinite(rec, self._period_snapshot, "period", f" in period {rec['epoch']}")
             self._period_snapshot = None
             s.decisions.append(rec)
         return rec
 
-    def _discard_period(self, rec: dict) -> None:
-        """Interval mode, non-finite period: back to the model and optimizer at the period's start."""
+    def _discard_nonfinite(self, rec: dict, snapshot: dict | None, unit: str, where: str = "") -> None:
+        """A non-finite epoch (``unit`` "epoch") or decision period ("period") is discarded: model and optimizer
+        go back to ``snapshot``, their state at its start; the run stops after ``max_nonfinite`` of them
+        (or at the first with ``nonfinite_action=stop``)."""
         c, s = self.config, self.state
         s.nonfinite_events += 1
-        snap = self._period_snapshot
-        if snap is not None:
-            self.model.load_state_dict(snap["model"])
-            self.step.load_state_dict(snap["optimizer"])
-        self._event(f"non-finite loss or gradient in period {rec['epoch']} ({rec['nonfinite_steps']} step(s)"
-                    f"{_tensors_note(rec)}): "
-                    f"period discarded, model and optimizer restored to the start of the period "
-                    f"({s.nonfinite_events}/{c.max_nonfinite})")
+        if snapshot is not None:
+            self.model.load_state_dict(snapshot["model"])
+            self.step.load_state_dict(snapshot["optimizer"])
+        self._event(f"non-finite loss or gradient{where} ({rec.get('nonfinite_steps', 0)} step(s)"
+                    f"{tensors_note(rec)}): {unit} discarded, model and optimizer restored to the start of the "
+                    f"{unit} ({s.nonfinite_events}/{c.max_nonfinite})")
         if c.nonfinite_action == "stop" or s.nonfinite_events >= c.max_nonfinite:
             s.status = "stopped: non-finite"
-            self._event(f"stopping: {s.nonfinite_events} non-finite period(s); "
+            self._event(f"stopping: {s.nonfinite_events} non-finite {unit}(s); "
                         "the checkpoint holds the last good state")
 
-    def _broadcast_decision(self, signals: EpochSignals) -> dict:
-        import torch.distributed as dist
-
-        box = [None]
-        if self.dist.is_main:
-            rec = self.policy.step(signals).to_dict()
-            box = [{"record": rec, "policy": self.policy.state_dict()}]
-        dist.broadcast_object_list(box, src=0)
-        if not self.dist.is_main:
-            self.policy.load_state_dict(box[0]["policy"])
-        return box[0]["record"]
-
-    @torch.no_grad()
     def evaluate(self) -> tuple[float | None, float]:
         """Test accuracy (percent) and mean test loss; one host read. Language models: (None, validation loss)."""
-        if self.lm is not None:
-            return None, self.lm.evaluate(self.model, self.config.amp)
-        model = self.model
-        was_training = model.training
-        model.eval()
-        correct = torch.zeros((), dtype=torch.float64, device=self.device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        n = 0
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.config.amp == "bf16" else _null()
-        if self.config.precise_bn:
-            self._recompute_batchnorm(amp)
-        for x, y in self._test_batches():
-            if self.config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp:
-                out = model(x)
-            loss_sum += torch.nn.functional.cross_entropy(out.float(), y, reduction="sum").double()
-            correct += (out.argmax(1) == y).sum().double()
-            n += int(y.shape[0])
-        model.train(was_training)
-        vals = torch.stack([correct, loss_sum]).tolist()
-        return 100.0 * vals[0] / max(1, n), vals[1] / max(1, n)
-
-    def _recompute_batchnorm(self, amp) -> None:
-        """--precise-bn N: BatchNorm statistics averaged over N training batches of the current epoch's order
-        before the evaluation (deba.training.precise_bn says why)."""
-        from .precise_bn import recompute_batchnorm_stats
-
-        def inputs():
-            for x, _ in self.loader.batches(start_sample=0):
-                yield x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
-
-        def forward(x):
-            with amp:
-                self.model(x)
-
-        recompute_batchnorm_stats(self.model, inputs(), self.config.precise_bn, forward)
-
-    def _test_batches(self):
-        if isinstance(self.test_loader, torch.utils.data.DataLoader):  # a user's test Dataset
-            non_blocking = self.device.type == "cuda"
-            for batch in self.test_loader:
-                if not isinstance(batch, (list, tuple)) or len(batch) != 2:
-                    raise DebaError("test_dataset items must be (input, label) pairs")
-                yield batch[0].to(self.device, non_blocking=non_blocking), batch[1].to(self.device,
-                                                                                      non_blocking=non_blocking)
-            return
-        self.test_loader.set_epoch(0)
-        yield from self.test_loader.batches(start_sample=0, drop_last=False)
+        return evaluation.evaluate(self)
 
     def fit(self, resume: bool = False, resume_fallback: bool = False) -> dict:
         """Train to ``config.epochs`` (from the checkpoint with ``resume``) and return the run's summary.
@@ -871,12 +470,10 @@ class Trainer:
         try:
             summary = self._fit(resume, resume_fallback)
         except RuntimeError as e:  # gloo / NCCL report a collective past its timeout as a RuntimeError
-            if not (self.dist.enabled and safety.is_collective_timeout(e)):
+            timeout = rank_timeout(e, self.dist, self.config.dist_timeout)
+            if timeout is None:
                 raise
-            raise RankTimeout(f"rank {self.dist.rank} of {self.dist.world_size}: a collective waited longer than "
-                              f"{option('dist_timeout')} {self.config.dist_timeout:g} s (a rank stopped "
-                              "responding or died): stopping so the job can start again with --resume "
-                              "(torchrun --max-restarts N does it)") from None
+            raise timeout from None
         finally:
             self._stop.uninstall()
             if self._lock is not None:
@@ -907,7 +504,7 @@ class Trainer:
         if resume and not resumed and self.out and self.dist.is_main:
             self._event("no checkpoint found: starting from scratch")
         if resume:
-            self._apply_oom_limits()
+            oom.apply_oom_limits(self)
         unused = c.unused_options()
         if unused:
             self._event(f"policy {c.policy} does not use {', '.join(unused)}: ignored")
@@ -1000,14 +597,7 @@ class Trainer:
         stats = self._train_epoch(epoch)
         if c.decision_interval:
             # the epoch's record sums up the periods that ended in it; the policy already decided on them
-            periods = stats["periods"]
-            losses = [(p["loss"], p["steps"]) for p in periods if p["loss"] is not None]
-            rec = {"epoch": epoch, "batch_size": stats["batch_at_start"], "grad_var": None, "grad_norm": None,
-                   "loss": (sum(lo * n for lo, n in losses) / sum(n for _, n in losses)) if losses else None,
-                   "dnorm": None, "dloss": None, "conf": None, "decision": "periods", "in_cooldown": None,
-                   "non_finite": any(p["non_finite"] for p in periods),
-                   "reason": f"{len(periods)} decision(s) in this epoch, see decisions.jsonl",
-                   "next_batch_size": self.policy.batch_size, "periods": [p["epoch"] for p in periods]}
+            rec = periods_epoch_record(epoch, stats, self.policy.batch_size)
             nonfinite = False  # handled per period
         else:
             rec = self._decide(period_end_epoch=epoch)
@@ -1019,15 +609,7 @@ class Trainer:
         s.epoch = epoch
 
         if nonfinite:
-            s.nonfinite_events += 1
-            self.model.load_state_dict(snapshot["model"])
-            self.step.load_state_dict(snapshot["optimizer"])
-            self._event(f"non-finite loss or gradient ({rec.get('nonfinite_steps', 0)} step(s){_tensors_note(rec)}): "
-                        "epoch discarded, "
-                        f"model and optimizer restored to the start of the epoch ({s.nonfinite_events}/{c.max_nonfinite})")
-            if c.nonfinite_action == "stop" or s.nonfinite_events >= c.max_nonfinite:
-                s.status = "stopped: non-finite"
-                self._event(f"stopping: {s.nonfinite_events} non-finite epoch(s); the checkpoint holds the last good state")
+            self._discard_nonfinite(rec, snapshot, "epoch")
 
         test_acc = test_loss = None
         eval_time = 0.0
@@ -1048,41 +630,11 @@ class Trainer:
         if self.lm is not None:
             self.lm.annotate(rec, epoch)
         s.records.append(rec)
-        self._log_tensorboard(rec)
-        for cb in self.callbacks:
-            fn = getattr(cb, "on_epoch_end", None)
-            if fn:
-                fn(self, rec)
+        log_tensorboard(self.tb, rec)
+        call_hook(self.callbacks, "on_epoch_end", self, rec)
         if c.checkpoint_every and (epoch % c.checkpoint_every == 0 or s.status != "running"):
             self.save()
         self.write_outputs()
-
-    def _log_tensorboard(self, rec: dict) -> None:
-        if not self.tb:
-            return
-        for key in ("batch_size", "loss", "grad_var", "grad_norm", "dnorm", "dloss", "conf", "test_acc", "lr"):
-            v = rec.get(key)
-            if isinstance(v, (int, float)) and math.isfinite(v):
-                self.tb.add_scalar(key, v, rec["epoch"])
-
-
-def _tensors_note(rec: dict) -> str:
-    names = rec.get("nonfinite_tensors")
-    return f"; non-finite state: {', '.join(names)}" if names else ""
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 def train(config: TrainConfig, *, resume: bool = False, resume_fallback: bool = False, model: torch.nn.Module | None = None, dataset: Any = None,
@@ -1095,7 +647,8 @@ def train(config: TrainConfig, *, resume: bool = False, resume_fallback: bool = 
     ``(input, label)`` pairs as ``train_dataset=`` (and optionally ``test_dataset=``, evaluated with a
     plain ``DataLoader``; without it nothing is evaluated), read through an ordinary ``DataLoader``
     rebuilt for each batch size; ``dataloader_kwargs`` (``num_workers``, ``collate_fn``, ...) go to both
-    loaders. ``num_classes`` is needed to build a model by name for a user's dataset.
+    loaders. ``num_classes`` is needed to build a model by name for a user's dataset. ``callbacks``: objects
+    with the hooks of :class:`deba.training.TrainerCallback` (subclasses of it or not).
     """
     trainer = Trainer(config, model=model, dataset=dataset, train_dataset=train_dataset, test_dataset=test_dataset,
                       num_classes=num_classes, dataloader_kwargs=dataloader_kwargs, callbacks=callbacks)
