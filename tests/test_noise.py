@@ -301,3 +301,48 @@ def test_debacontroller_takes_two_gradient_sizes_from_an_own_loop():
     off = DebaController(GnsPolicy(16, 4, 64), model.parameters())
     with pytest.raises(DebaError, match="noise scale is off"):
         off.observe_small_gradient(6, 16)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap over the attention backward on the CPU
+def test_gpt_estimates_agree_with_exact_per_sequence_gradients():
+    """The GPT of deba.gpt in float64: the population G and Sigma from exact per-sequence gradients (torch.func),
+    the estimate from split steps on batches drawn from that population; the mean of per-step ratios, the
+    negative control, misses by the same rule."""
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, vmap
+
+    from deba.gpt import GPT, GPTConfig
+
+    torch.manual_seed(6)
+    vocab, t, n_pop = 11, 8, 128
+    model = GPT(GPTConfig(vocab_size=vocab, block_size=t, n_layer=1, n_head=2, n_embd=16)).double()
+    x_pop = torch.randint(0, vocab, (n_pop, t))
+    y_pop = torch.where(torch.rand(n_pop, t) < 0.3, torch.randint(0, vocab, (n_pop, t)), (3 * x_pop + 1) % vocab)
+
+    def ce(logits, y):  # the batch loss: the mean over sequences of each sequence's mean over positions
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    params = {k: v.detach() for k, v in model.named_parameters()}  # the tied head is the embedding
+    per_seq = vmap(grad(lambda p, x, y: ce(functional_call(model, p, (x[None],)), y[None])),
+                   in_dims=(None, 0, 0))(params, x_pop, y_pop)
+    flat = torch.cat([g.reshape(n_pop, -1) for g in per_seq.values()], dim=1).numpy()
+    g_true = flat.mean(0)
+    b_true = ((flat - g_true) ** 2).sum(1).mean() / (g_true ** 2).sum()
+
+    signals = GradientSignals(list(model.parameters()), gns=True)
+    step = make_step(model, signals, loss_fn=ce)
+    gen = torch.Generator().manual_seed(7)
+    g2, trace = [], []
+    for _ in range(1500):
+        idx = torch.randint(0, n_pop, (32,), generator=gen)
+        step.gns_split_next = True
+        step(x_pop[idx], y_pop[idx])
+        out = signals.end_epoch()
+        g2.append(out["gns_g2"])
+        trace.append(out["gns_trace"])
+    g2, trace = np.array(g2), np.array(trace)
+    b_est, se = ratio_of_means_and_se(trace, g2)
+    assert within(b_est, se, b_true), (b_est, se, b_true)
+    assert se < 0.25 * b_true
+    ratios = trace / g2
+    assert not within(ratios.mean(), ratios.std(ddof=1) / math.sqrt(len(ratios)), b_true), (ratios.mean(), b_true)
