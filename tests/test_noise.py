@@ -130,6 +130,23 @@ def test_linear_regression_estimates_agree_with_the_closed_form_and_the_mean_of_
     assert not within(ratios.mean(), ratios.std(ddof=1) / math.sqrt(n), b_true), (ratios.mean(), b_true)
 
 
+def split_step_estimates(model, loss_fn, x_pop, y_pop, seed: int, steps: int = 1500, batch: int = 32):
+    """Per-step |G|^2 and tr(Sigma) estimates of split steps on batches drawn with replacement from a population
+    (so the per-example gradients are i.i.d. draws from it); the lr is too small to move the weights."""
+    signals = GradientSignals(list(model.parameters()), gns=True)
+    step = make_step(model, signals, loss_fn=loss_fn)
+    gen = torch.Generator().manual_seed(seed)
+    g2, trace = [], []
+    for _ in range(steps):
+        idx = torch.randint(0, len(x_pop), (batch,), generator=gen)
+        step.gns_split_next = True
+        step(x_pop[idx], y_pop[idx])
+        out = signals.end_epoch()
+        g2.append(out["gns_g2"])
+        trace.append(out["gns_trace"])
+    return np.array(g2), np.array(trace)
+
+
 def test_mlp_estimates_agree_with_exact_per_example_gradients():
     from torch.func import functional_call, grad, vmap
 
@@ -149,18 +166,8 @@ def test_mlp_estimates_agree_with_exact_per_example_gradients():
     trace_true = ((flat - g_true) ** 2).sum(1).mean()  # population covariance of the finite population
     b_true = trace_true / (g_true ** 2).sum()
 
-    signals = GradientSignals(list(model.parameters()), gns=True)
-    step = make_step(model, signals)
-    gen = torch.Generator().manual_seed(5)
-    g2, trace = [], []
-    for _ in range(1500):  # batches drawn with replacement: i.i.d. per-example gradients of that population
-        idx = torch.randint(0, n_pop, (32,), generator=gen)
-        step.gns_split_next = True
-        step(x_pop[idx], y_pop[idx])
-        out = signals.end_epoch()
-        g2.append(out["gns_g2"])
-        trace.append(out["gns_trace"])
-    b_est, se = ratio_of_means_and_se(np.array(trace), np.array(g2))
+    g2, trace = split_step_estimates(model, half_mse, x_pop, y_pop, seed=5)
+    b_est, se = ratio_of_means_and_se(trace, g2)
     assert within(b_est, se, b_true), (b_est, se, b_true)
     assert se < 0.25 * b_true
 
@@ -329,18 +336,7 @@ def test_gpt_estimates_agree_with_exact_per_sequence_gradients():
     g_true = flat.mean(0)
     b_true = ((flat - g_true) ** 2).sum(1).mean() / (g_true ** 2).sum()
 
-    signals = GradientSignals(list(model.parameters()), gns=True)
-    step = make_step(model, signals, loss_fn=ce)
-    gen = torch.Generator().manual_seed(7)
-    g2, trace = [], []
-    for _ in range(1500):
-        idx = torch.randint(0, n_pop, (32,), generator=gen)
-        step.gns_split_next = True
-        step(x_pop[idx], y_pop[idx])
-        out = signals.end_epoch()
-        g2.append(out["gns_g2"])
-        trace.append(out["gns_trace"])
-    g2, trace = np.array(g2), np.array(trace)
+    g2, trace = split_step_estimates(model, ce, x_pop, y_pop, seed=7)
     b_est, se = ratio_of_means_and_se(trace, g2)
     assert within(b_est, se, b_true), (b_est, se, b_true)
     assert se < 0.25 * b_true
