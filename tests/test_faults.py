@@ -414,20 +414,39 @@ def test_signal_stops_at_the_step_and_resume_loses_nothing(tmp_path, sig, code, 
     train(TrainConfig(**grow, epochs=3, out=str(ref)))
     out = tmp_path / "r"
     hit = _SignalAt(at=at, sig=sig)  # epochs: 256 // 16 = 16 steps in epoch 1, so step 5 of epoch 2
-    before = signal.getsignal(sig)  # SIG_IGN for SIGINT when pytest runs as a background job
-    with pytest.raises(Interrupted) as e:
-        Trainer(TrainConfig(**grow, epochs=3, out=str(out)), step_factory=hit.factory).fit()
-    assert e.value.exit_code == code and f"stopped by {signal.Signals(sig).name}" in str(e.value)
-    assert hit.calls == at  # stopped at the boundary after the step it was in
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == f"interrupted: {signal.Signals(sig).name}" and summary["steps"] == at
-    assert signal.getsignal(sig) == before  # the handler given back
+    # as in a foreground terminal (a background job starts with SIGINT ignored: the next test)
+    handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+    before = signal.signal(sig, handler)
+    try:
+        with pytest.raises(Interrupted) as e:
+            Trainer(TrainConfig(**grow, epochs=3, out=str(out)), step_factory=hit.factory).fit()
+        assert e.value.exit_code == code and f"stopped by {signal.Signals(sig).name}" in str(e.value)
+        assert hit.calls == at  # stopped at the boundary after the step it was in
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == f"interrupted: {signal.Signals(sig).name}" and summary["steps"] == at
+        assert signal.getsignal(sig) is handler  # the handler given back
+    finally:
+        signal.signal(sig, before)
     train(TrainConfig(**grow, epochs=3, out=str(out)), resume=True)
     assert _records(out) == _records(ref)
     if interval:
         assert (out / "decisions.jsonl").read_text() == (ref / "decisions.jsonl").read_text()
     assert json.loads((out / "summary.json").read_text())["steps"] == json.loads(
         (ref / "summary.json").read_text())["steps"]
+
+
+@fault(12)
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
+    """A background job starts with SIGINT ignored; training leaves it so: the run is not stopped by it."""
+    hit = _SignalAt(at=3, sig=signal.SIGINT)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        summary = Trainer(TrainConfig(**dict(TINY, policy="fixed"), epochs=1, out=str(tmp_path / "r")),
+                          step_factory=hit.factory).fit()
+        assert summary["status"] == "complete" and hit.calls > 3
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @fault(12)

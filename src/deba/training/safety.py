@@ -75,6 +75,8 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         for sig in STOP_EXIT_CODES:
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored by whoever started us (a background job's SIGINT): it stays ignored
             self._previous[sig] = signal.signal(sig, self._note)
 
     def _note(self, signum, frame) -> None:
