@@ -204,3 +204,29 @@ def test_nonfinite_periods_stop_the_run_mid_epoch(tmp_path):
 def test_interval_unit_validated():
     with pytest.raises(DebaError, match="decision_interval_unit"):
         TrainConfig(decision_interval=5, decision_interval_unit="epochs")
+
+
+# --- issue 11: deba train is a face over deba.period.PeriodLoop -------------------------------------------
+
+@pytest.mark.parametrize("interval", [None, 3])
+def test_every_period_of_deba_train_is_closed_and_decided_in_the_period_loop(tmp_path, monkeypatch, interval):
+    from deba.period import PeriodLoop
+
+    closed = []
+    close = PeriodLoop.close
+
+    def spy(self, *args, **kwargs):
+        record = close(self, *args, **kwargs)
+        closed.append(record.to_dict())
+        return record
+
+    monkeypatch.setattr(PeriodLoop, "close", spy)
+    cfg = dict(GROWING, epochs=3, **({"decision_interval": interval} if interval else {}))
+    trainer, model, summary = _run(tmp_path / "r", cfg)
+    logged = _jsonl(tmp_path / "r" / ("decisions.jsonl" if interval else "epochs.jsonl"))
+    key = ("epoch", "decision", "batch_size", "next_batch_size", "grad_var", "loss")
+    assert [tuple(r[k] for k in key) for r in closed] == [tuple(r[k] for k in key) for r in logged]
+    assert any(r["decision"] == "increase" for r in logged)  # the decisions applied were the core's
+    assert len(closed) == (len(logged) if interval else 3)
+    # the core counted every trained sample, and the batch sizes the model saw follow its decisions
+    assert trainer.period.samples_seen == summary["samples_seen"] == sum(model.sizes)

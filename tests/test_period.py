@@ -227,3 +227,72 @@ def test_lightning_with_validation_and_clipping_reads_the_gradient_before_clippi
         ref = steps[-1] if signals_mode == "last" else np.mean(steps, axis=0)
         np.testing.assert_allclose([record.grad_var, record.grad_norm], ref, rtol=1e-5)
         assert record.grad_norm > 0.01 * 1.5  # the unclipped norm, well above the clip value
+
+
+# --- a non-finite period's record replays; the trainer's hooks into close ----------------------------------
+
+def test_a_non_finite_periods_record_keeps_loss_none_so_the_log_replays_to_the_same_decisions():
+    from deba.policy import EpochSignals
+
+    model = mlp()
+    x, y = dataset().tensors
+    c = DebaController(growing(start_batch=8), model.parameters())
+    records = []
+    for epoch in range(4):
+        for step in range(3):
+            model.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[:8]), y[:8])
+            loss.backward()
+            c.after_backward(loss * float("nan") if (epoch, step) == (2, 0) else loss, samples=8)
+        records.append(c.end_epoch(epoch).to_dict())
+    assert records[2]["non_finite"] and records[2]["loss"] is None and records[2]["nonfinite_steps"] == 1
+    replay = growing(start_batch=8)
+    again = [replay.step(EpochSignals(r["epoch"], r["grad_var"], r["grad_norm"], r["loss"])).to_dict()
+             for r in records]
+    key = ("decision", "non_finite", "next_batch_size")
+    assert [tuple(r[k] for k in key) for r in again] == [tuple(r[k] for k in key) for r in records]
+
+
+def test_check_state_widens_the_non_finite_flag_and_adds_its_fields():
+    model = mlp()
+    x, y = dataset().tensors
+    loop = PeriodLoop(growing(start_batch=8), where="face")
+    loop.attach(model.parameters())
+    seen = []
+
+    def check(nonfinite):
+        seen.append(nonfinite)
+        return True, {"nonfinite_tensors": ["net.0.weight"]}
+
+    model.zero_grad()
+    loss = nn.functional.cross_entropy(model(x[:8]), y[:8])
+    loss.backward()
+    loop.observe_step(loss, 8)
+    loop.observe_gradients()
+    r = loop.close(check_state=check)
+    assert seen == [False]  # the finite period went to the check as finite
+    assert r.non_finite and r.decision == "hold" and r.loss is None and loop.last_nonfinite
+    assert r.extra["nonfinite_tensors"] == ["net.0.weight"]
+
+
+def test_attach_takes_signals_a_step_feeds_itself_when_their_mode_matches():
+    from deba.signals import GradientSignals
+
+    model = mlp()
+    loop = PeriodLoop(growing(), signals_mode="epoch-avg", where="face")
+    with pytest.raises(DebaError, match="face: the signals given run mode 'last'"):
+        loop.attach(signals=GradientSignals(list(model.parameters()), mode="last"))
+    own = GradientSignals(list(model.parameters()), mode="epoch-avg")
+    assert loop.attach(signals=own) is own
+    with pytest.raises(DebaError, match="samples must be a non-negative integer"):
+        loop.count_step(-1)
+
+
+def test_a_decision_record_survives_to_dict_and_from_dict():
+    from deba.policy import DecisionRecord
+
+    r = DecisionRecord(3, 64, 0.1, 2.0, 1.5, 0.01, 0.02, 0.4, "increase", False, False, "calm", 96,
+                       extra={"steps": 7, "gns": 12.5})
+    d = r.to_dict()
+    assert d["steps"] == 7 and "extra" not in d
+    assert DecisionRecord.from_dict(d) == r

@@ -9,9 +9,13 @@ learning rate follows, an out-of-memory cap lowers B_max) and keeps all of it in
 The faces are thin: :class:`deba.integrations.DebaController` (a loop you wrote) and
 :class:`deba.integrations.lightning.DebaCallback` (Lightning) only translate their hooks into
 :meth:`observe_step`, :meth:`observe_gradients`, :meth:`close` and :meth:`start`. ``deba train``'s
-Trainer still closes its periods itself (its DDP broadcast, interval mode and epoch rollback); the calls
-it needs are here: ``close(epoch, process_group=...)`` all-reduces the loss sums, and ``decide=`` lets a
-caller replace ``policy.step`` by a decide-on-rank-0-and-broadcast function.
+:class:`deba.training.Trainer` is a face too: its step feeds the signals inside the (possibly CUDA-graph
+captured) step, so it attaches those signals (``attach(signals=...)``), counts its steps with
+:meth:`count_step` and closes every period (epoch or decision interval) here, with three additions a
+multi-process run needs: ``process_group=`` for the loss sums, ``decide=`` to decide on rank 0 and
+broadcast, and ``check_state=`` to fold the trained state's own non-finite tensors (and the ranks'
+agreement) into the non-finite flag. What stays in the trainer is what is not about the period: the
+rollback of a non-finite period to its snapshot, the records and the run folder.
 """
 from __future__ import annotations
 
@@ -64,15 +68,24 @@ class PeriodLoop:
         self.epoch_opt_steps = 0    # gradients observed (optimiser steps): the every-k gating index
         self.reference_batch = policy.batch_size  # B0: the start, the unit of lr schedules and coupling
         self.last_record: DecisionRecord | None = None
+        self.last_nonfinite = False  # the flag the last period was closed with (the policy may add its own)
         self._pending_signals: Mapping[str, Any] | None = None
 
     # --- set-up ------------------------------------------------------------------------------------
-    def attach(self, parameters: Iterable[torch.Tensor]) -> GradientSignals:
-        """Create the signals over ``parameters`` (their gradients feed the statistics)."""
-        params = [p for p in parameters if p.requires_grad]
-        if not params:
-            raise DebaError(f"{self.where}: no trainable parameters given")
-        self.signals = GradientSignals(params, mode=self.signals_mode, every=self.every, gns=self.gns)
+    def attach(self, parameters: Iterable[torch.Tensor] | None = None, *,
+               signals: GradientSignals | None = None) -> GradientSignals:
+        """Create the signals over ``parameters`` (their gradients feed the statistics), or use ``signals``
+        that the face's own step feeds (``deba train``: inside a CUDA graph); their mode must match."""
+        if signals is not None:
+            if signals.mode != self.signals_mode or bool(signals.gns) != self.gns:
+                raise DebaError(f"{self.where}: the signals given run mode {signals.mode!r} (gns {signals.gns}), "
+                                f"this loop was built for {self.signals_mode!r} (gns {self.gns})")
+            self.signals = signals
+        else:
+            params = [p for p in (parameters or ()) if p.requires_grad]
+            if not params:
+                raise DebaError(f"{self.where}: no trainable parameters given")
+            self.signals = GradientSignals(params, mode=self.signals_mode, every=self.every, gns=self.gns)
         if self._pending_signals is not None:
             self.signals.load_state_dict(self._pending_signals)
             self._pending_signals = None
@@ -125,9 +138,13 @@ class PeriodLoop:
 
     def observe_step(self, loss: torch.Tensor, samples: int) -> None:
         """One training batch: its loss (a device tensor) and how many samples it trained on."""
+        self._signals().observe_loss(loss)
+        self.count_step(samples)
+
+    def count_step(self, samples: int) -> None:
+        """Count one training batch of ``samples`` samples whose loss the face's step gave the signals itself."""
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
             raise DebaError(f"{self.where}: samples must be a non-negative integer, got {samples!r}")
-        self._signals().observe_loss(loss)
         self.epoch_steps += 1
         self.epoch_samples += samples
         self.samples_seen += samples
@@ -149,11 +166,14 @@ class PeriodLoop:
 
     # --- the decision -------------------------------------------------------------------------------
     def close(self, epoch: int | None = None, *, process_group: Any = None,
-              decide: Callable[[EpochSignals], DecisionRecord] | None = None) -> DecisionRecord:
+              decide: Callable[[EpochSignals], DecisionRecord] | None = None,
+              check_state: Callable[[bool], tuple[bool, dict]] | None = None) -> DecisionRecord:
         """Close the period: one host read, the non-finite flag, the policy's decision, applied.
 
         ``epoch`` defaults to the one after the policy's last (0 for the first). The record's ``extra``
         carries ``steps``, ``samples`` (this period), ``samples_seen`` (cumulative) and ``nonfinite_steps``.
+        ``check_state(nonfinite)`` (optional) returns the final flag and extra fields for the record: the
+        trainer adds the trained state's non-finite tensors and makes the ranks agree there.
         """
         if self.epoch_steps == 0:
             raise DebaError(f"{self.where}: no step was recorded this epoch (call after_backward(loss) after "
@@ -161,24 +181,27 @@ class PeriodLoop:
         epoch = self._next_epoch(epoch)
         stats = self._signals().end_epoch(process_group)
         self._check_gradient(stats)
-        # a period with a non-finite step holds and is flagged (spec section 1), whatever its averages say
-        nonfinite = stats["nonfinite_steps"] > 0 or not all(
-            math.isfinite(stats[k]) for k in ("grad_var", "grad_norm", "loss"))
-        nonfinite = nonfinite or stats.get("gns_nonfinite", 0) > 0
+        # a period with a non-finite step holds and is flagged (spec section 1), whatever its averages say;
+        # so does one with a non-finite noise sample (a non-finite gradient norm)
+        nonfinite = stats["nonfinite_steps"] > 0 or stats.get("gns_nonfinite", 0) > 0 or not all(
+            stats[k] is not None and math.isfinite(stats[k]) for k in ("grad_var", "grad_norm", "loss"))
+        extra: dict = {}
+        if check_state is not None:
+            nonfinite, extra = check_state(nonfinite)
         signals = EpochSignals(epoch, stats["grad_var"], stats["grad_norm"], None if nonfinite else stats["loss"],
                                gns_g2=stats.get("gns_g2"), gns_trace=stats.get("gns_trace"))
         try:
             record = (decide or self.policy.step)(signals)
         except ValueError as e:
             raise DebaError(f"{self.where}: {e}") from None
-        if nonfinite:
-            record.loss = stats["loss"]
+        # a non-finite period's record keeps loss None, as the policy saw it, so its log replays to the
+        # same decisions (deba replay reads loss); the raw sums stay in nonfinite_steps
         record.extra.update(steps=self.epoch_steps, samples=self.epoch_samples, samples_seen=self.samples_seen,
-                            nonfinite_steps=stats["nonfinite_steps"])
+                            nonfinite_steps=stats["nonfinite_steps"], **extra)
         if self.gns:
             record.extra.update({k: stats[k] for k in NOISE_FIELDS})
         self.epoch_steps = self.epoch_samples = self.epoch_opt_steps = 0
-        self.last_record = record
+        self.last_record, self.last_nonfinite = record, nonfinite
         if record.next_batch_size != record.batch_size:
             self._changed(record.batch_size, record.next_batch_size)
         return record

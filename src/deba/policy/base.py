@@ -14,7 +14,7 @@ import math
 import numbers
 import statistics
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 DECISIONS = ("increase", "rollback", "hold")
@@ -69,6 +69,12 @@ class DecisionRecord:
         extra = d.pop("extra")
         d.update(extra)
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DecisionRecord":
+        """The inverse of :meth:`to_dict`: keys that are not fields go back into ``extra``."""
+        names = [f.name for f in fields(cls) if f.name != "extra"]
+        return cls(**{k: d[k] for k in names}, extra={k: v for k, v in d.items() if k not in names})
 
 
 def is_finite_number(x: Any) -> bool:

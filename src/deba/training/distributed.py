@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import DebaError, option
-from ..policy import BatchSizePolicy, EpochSignals
+from ..policy import BatchSizePolicy, DecisionRecord, EpochSignals
 from . import safety
 
 
@@ -89,7 +89,7 @@ def release_distributed() -> None:
         dist.destroy_process_group()
 
 
-def broadcast_decision(policy: BatchSizePolicy, signals: EpochSignals, is_main: bool) -> dict:
+def broadcast_decision(policy: BatchSizePolicy, signals: EpochSignals, is_main: bool) -> DecisionRecord:
     """The policy decides once, on rank 0; its record and state are broadcast, so every rank makes the
     identical decision."""
     import torch.distributed as dist
@@ -101,7 +101,7 @@ def broadcast_decision(policy: BatchSizePolicy, signals: EpochSignals, is_main: 
     dist.broadcast_object_list(box, src=0)
     if not is_main:
         policy.load_state_dict(box[0]["policy"])
-    return box[0]["record"]
+    return DecisionRecord.from_dict(box[0]["record"])
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:

@@ -58,7 +58,7 @@ def handle_oom(tr: Trainer, failed: int, err: BaseException) -> None:
     if tr.dist.enabled:
         persist_oom_limit(tr, failed, b_max_cap=cap)
     free_memory(tr)
-    tr.policy.cap_batch_size(cap)
+    tr.period.cap_batch_size(cap)  # the PeriodLoop applies it (B_max capped, the current size with it)
     tr._event(f"out of memory at batch size {failed}; B_max capped at {tr.policy.effective_b_max}, "
               f"continuing the epoch at batch size {tr.policy.batch_size}")
 

@@ -28,6 +28,8 @@ def save(tr: Trainer) -> None:
     signals = signals_state(tr)
     if not tr.dist.is_main:
         return
+    # the open period's counts live in the PeriodLoop; the run state carries them into the checkpoint
+    tr.state.since_decision_steps, tr.state.since_decision_samples = tr.period.epoch_steps, tr.period.epoch_samples
     save_checkpoint(path, {
         "config": tr.config.to_dict(),
         "model": tr.model.state_dict(),
@@ -40,6 +42,18 @@ def save(tr: Trainer) -> None:
         "period_start": tr._period_snapshot,
         "partial_epoch": tr._partial,  # a stop mid-epoch: where the epoch goes on (None otherwise)
     })
+
+
+def restore_period_counts(tr: Trainer) -> None:
+    """The PeriodLoop's counts of the open period, from the checkpoint: the run state's in interval mode; in
+    epoch mode the period is the epoch, so those of an epoch stopped part-way (none at an epoch's end)."""
+    s, part, period = tr.state, tr._partial, tr.period
+    period.samples_seen = s.samples_seen
+    if tr.config.decision_interval:
+        period.epoch_steps, period.epoch_samples = s.since_decision_steps, s.since_decision_samples
+    else:
+        period.epoch_steps, period.epoch_samples = (part["steps"], part["samples"]) if part else (0, 0)
+    period.epoch_opt_steps = period.epoch_steps
 
 
 def signals_state(tr: Trainer) -> dict:
@@ -100,6 +114,7 @@ def resume(tr: Trainer, fallback: bool = False) -> bool:
             signals = {**signals, "loss_sum": 0.0, "steps": 0.0, "nonfinite_steps": 0.0}
         tr.signals.load_state_dict(signals)
     tr._period_snapshot = payload.get("period_start")
+    restore_period_counts(tr)
     if tr.state.micro_batch is not None:
         set_micro_batch(tr, tr.state.micro_batch)
     part = tr._partial

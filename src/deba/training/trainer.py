@@ -52,7 +52,6 @@ Safety rules, each tested (docs/reliability.md):
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
@@ -66,9 +65,9 @@ import torch
 from ..errors import DebaError
 from ..logio import make_dir, read_json, write_json
 from ..runlock import lock_run_folder
-from ..policy import BatchSizePolicy, EpochSignals
+from ..period import PeriodLoop
+from ..policy import BatchSizePolicy, DecisionRecord, EpochSignals
 from ..runfolder import CONFIG_FILE, SUMMARY_FILE
-from ..signals import NOISE_FIELDS
 from .build import build_policy, policy_arch_name, resolve_device
 from . import evaluation, oom, records, safety
 from . import resume as resume_mod
@@ -238,6 +237,9 @@ class Trainer:
             graphs = "off"
         self.signals = GradientSignals([p for p in model.parameters() if p.requires_grad], mode=c.signals_mode,
                                        every=c.signals_every, gns=c.collects_noise, gns_every=c.gns_every)
+        self.period = PeriodLoop(self.policy, signals_mode=c.signals_mode, every=c.signals_every,
+                                 gns=c.collects_noise, where="deba train")  # closes and decides every period
+        self.period.attach(signals=self.signals)  # the step below feeds them (inside its CUDA graph)
         mode = {"auto": "auto", "on": "graph", "off": "eager"}[graphs]
         factory = self._step_factory or make_step
         self.step = factory(self.train_module, signals=self.signals, lr=c.lr, momentum=c.momentum,
@@ -334,8 +336,8 @@ class Trainer:
         return steps % self.STOP_CHECK_STEPS == 0 and safety.agree_any(self._stop.requested, self.device, True)
 
     def _period_due(self) -> bool:
-        c, s = self.config, self.state
-        done = s.since_decision_samples if c.decision_interval_unit == "samples" else s.since_decision_steps
+        c = self.config
+        done = self.period.epoch_samples if c.decision_interval_unit == "samples" else self.period.epoch_steps
         return done >= c.decision_interval
 
     def _train_epoch(self, epoch: int) -> dict:
@@ -365,8 +367,9 @@ class Trainer:
                     if interval and self._period_snapshot is None:
                         self._period_snapshot = snapshot_state(self.model, self.step.state_dict())
                     self.step.set_lr(self._lr())
-                    # every-k gating counts the steps of the signals' own span: the period or the epoch
-                    index = s.since_decision_steps if interval else steps
+                    # every-k gating counts the steps of the signals' own span: the open period (an epoch
+                    # unless decision_interval is set)
+                    index = self.period.epoch_steps
                     if self.signals.mode == "epoch-avg":
                         self.step.observe_gradients_next = self.signals.should_observe(index)
                     if self.signals.gns:
@@ -376,15 +379,14 @@ class Trainer:
                     steps += 1
                     samples += global_b
                     s.steps += 1
-                    s.samples_seen += global_b
+                    self.period.count_step(global_b)
+                    s.samples_seen = self.period.samples_seen
                     s.largest_ok_batch = max(s.largest_ok_batch, size)
                     if batch_steps and batch_steps[-1][0] == global_b:
                         batch_steps[-1][1] += 1
                     else:
                         batch_steps.append([global_b, 1])
                     if interval:
-                        s.since_decision_steps += 1
-                        s.since_decision_samples += global_b
                         if self._period_due():
                             periods.append(self._decide(period_end_epoch=epoch))
                             if s.status != "running" or self.policy.batch_size != size:
@@ -408,36 +410,30 @@ class Trainer:
                 "periods": periods}
 
     def _decide(self, period_end_epoch: int) -> dict:
-        """Read the period's signals (the one host sync), let the policy decide, keep the record."""
+        """Close the period in the PeriodLoop (the one host sync, the policy's decision); keep the record."""
         c, s = self.config, self.state
-        sig = self.signals.end_epoch()
-        s.period += 1
-        # a non-finite noise sample (a non-finite gradient norm) makes the period non-finite too
-        nonfinite = sig["nonfinite_steps"] > 0 or sig.get("gns_nonfinite", 0) > 0 or not all(
-            v is not None and math.isfinite(v) for v in (sig["grad_var"], sig["grad_norm"], sig["loss"]))
-        # the whole trained state: parameters, gradients and buffers (BatchNorm's running_var can overflow alone)
-        bad_state = safety.nonfinite_tensors(self.model)
-        nonfinite = safety.agree_any(nonfinite or bool(bad_state), self.device, self.dist.enabled)
-        signals = EpochSignals(s.period, sig["grad_var"], sig["grad_norm"], None if nonfinite else sig["loss"],
-                               gns_g2=sig.get("gns_g2"), gns_trace=sig.get("gns_trace"))
+        decide = None
         if self.dist.enabled:  # decided once on rank 0 and broadcast, so every rank makes the identical decision
-            rec = broadcast_decision(self.policy, signals, self.dist.is_main)
-        else:
-            rec = self.policy.step(signals).to_dict()
-        rec.update(steps=sig["steps"], nonfinite_steps=sig["nonfinite_steps"], epoch_of_period=period_end_epoch)
-        if bad_state:
-            rec["nonfinite_tensors"] = bad_state
-        if self.signals.gns:
-            rec.update({k: sig[k] for k in NOISE_FIELDS})
+            def decide(signals: EpochSignals) -> DecisionRecord:
+                return broadcast_decision(self.policy, signals, self.dist.is_main)
+        rec = self.period.close(s.period + 1, decide=decide, check_state=self._check_state).to_dict()
+        s.period += 1
+        rec.update(epoch_of_period=period_end_epoch)
         if c.decision_interval:
-            # steps as counted here (per process); sig["steps"] sums over ranks
-            rec.update(steps=s.since_decision_steps, samples=s.since_decision_samples, global_step=s.steps)
-            s.since_decision_steps = s.since_decision_samples = 0
-            if nonfinite:
+            # steps as counted here (per process), samples global; the signals' own count sums over ranks
+            rec.update(global_step=s.steps)
+            if self.period.last_nonfinite:
                 self._discard_nonfinite(rec, self._period_snapshot, "period", f" in period {rec['epoch']}")
             self._period_snapshot = None
             s.decisions.append(rec)
         return rec
+
+    def _check_state(self, nonfinite: bool) -> tuple[bool, dict]:
+        """The period's non-finite flag, widened to the whole trained state (parameters, gradients and
+        buffers: BatchNorm's running_var can overflow alone) and agreed by every rank."""
+        bad = safety.nonfinite_tensors(self.model)
+        nonfinite = safety.agree_any(nonfinite or bool(bad), self.device, self.dist.enabled)
+        return nonfinite, ({"nonfinite_tensors": bad} if bad else {})
 
     def _discard_nonfinite(self, rec: dict, snapshot: dict | None, unit: str, where: str = "") -> None:
         """A non-finite epoch (``unit`` "epoch") or decision period ("period") is discarded: model and optimizer
@@ -602,7 +598,7 @@ class Trainer:
         else:
             rec = self._decide(period_end_epoch=epoch)
             rec["epoch"] = epoch
-            nonfinite = rec["non_finite"]
+            nonfinite = self.period.last_nonfinite
         self._sync()
         train_time = time.perf_counter() - t0
         s.train_time_s += train_time
