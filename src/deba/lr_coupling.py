@@ -62,6 +62,11 @@ def scheduler_lrs_at(scheduler: Any, position: int) -> list[float]:
     return lrs
 
 
+def batch_scale(batch_size: int, reference_batch: int, power: float) -> float:
+    """(B / B0)^p: the coupling factor, here and in ``deba train``'s schedule (deba.training.schedule)."""
+    return (batch_size / reference_batch) ** power if power else 1.0
+
+
 def check_scaling(scaling: str, where: str) -> float:
     if scaling not in LR_SCALINGS:
         raise DebaError(f"{where}: lr_scaling must be one of {', '.join(LR_SCALINGS)}, got {scaling!r}")
@@ -104,7 +109,7 @@ class LRCoupling:
         return bool(self.schedulers) or (self.power != 0 and self.optimizer is not None)
 
     def factor(self, batch_size: int, reference_batch: int) -> float:
-        return (batch_size / reference_batch) ** self.power if self.power else 1.0
+        return batch_scale(batch_size, reference_batch, self.power)
 
     def apply(self, samples_seen: int, batch_size: int, reference_batch: int) -> None:
         """Before an optimiser step: schedules at ``samples_seen``, times (B / B0)^p."""
@@ -136,4 +141,4 @@ def warn_not_driven(scheduler: Any, where: str) -> None:
                   "batch size", stacklevel=3)
 
 
-__all__ = ["LRCoupling", "LR_SCALINGS", "SUPPORTED", "is_supported", "scheduler_lrs_at", "warn_not_driven"]
+__all__ = ["LRCoupling", "LR_SCALINGS", "batch_scale", "SUPPORTED", "is_supported", "scheduler_lrs_at", "warn_not_driven"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from ..lr_coupling import LR_SCALINGS, batch_scale
+
 
 def learning_rate(
     base_lr: float,
@@ -25,14 +27,9 @@ def learning_rate(
     ``warmup_samples`` > 0: linear warm-up, base x (samples_seen + B0) / (warmup_samples + B0) with B0 the
     reference batch (nanoGPT's (it + 1) / (warmup_iters + 1) at a fixed batch), then the schedule runs over
     the remaining samples. ``min_lr``: the cosine decays to it instead of 0."""
-    if scaling == "none":
-        scale = 1.0
-    elif scaling == "linear":
-        scale = batch_size / reference_batch
-    elif scaling == "sqrt":
-        scale = math.sqrt(batch_size / reference_batch)
-    else:
+    if scaling not in LR_SCALINGS:
         raise ValueError(f"unknown lr scaling {scaling!r}")
+    scale = batch_scale(batch_size, reference_batch, LR_SCALINGS[scaling])
     if warmup_samples > 0 and samples_seen < warmup_samples:
         return base_lr * scale * (samples_seen + reference_batch) / (warmup_samples + reference_batch)
     if schedule == "constant":
