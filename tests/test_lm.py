@@ -418,6 +418,15 @@ def test_report_reads_the_validation_loss_as_lower_better(corpus, tmp_path):
     assert "val loss (lower better)" in md and "validation loss in nats" in md
     other = res["table4"][res["table4"].arm == "other"].iloc[0]
     assert other.acc_mean == pytest.approx(2.1) and math.isnan(other.acc_per_s)
+    # every arm vs a reference arm: labelled as a loss, three decimals, no loss per second
+    vs = report.table_vs_reference(runs, reference="fixed")
+    row = vs[vs.arm == "other"].iloc[0]
+    assert row.metric == "final_val_loss" and math.isnan(row.acc_per_s) and math.isnan(row.reference_acc_per_s)
+    assert row.delta_acc == pytest.approx(0.05)  # (1.9 - 2.0 + 2.3 - 2.1) / 2, paired per seed
+    report.build_report([root], tmp_path / "rep2", figures=False, baseline="fixed", reference="fixed")
+    md = (tmp_path / "rep2" / "report.md").read_text()
+    section = md.split("## Every arm vs")[1].split("\n## ")[0]
+    assert "| val loss | ref val loss | Δval loss vs ref |" in section and "| +0.050 ± 0.212 |" in section
 
 
 @pytest.mark.slow

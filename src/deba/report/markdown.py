@@ -423,60 +423,45 @@ def _render_vs_reference(t: pd.DataFrame | None) -> list[str]:
     if t is None or t.empty:
         return L + ["No fixed-cosine arm (fixed B=64, cosine lr decay) to compare with.", ""]
     refs = sorted(set(t["reference_arm"]))
+    metrics = set(t["metric"]) if "metric" in t.columns else {"final_test_acc"}
+    q = {"final_test_acc": "acc", "final_val_loss": "val loss"}
+    q = " / ".join(q[m] for m in sorted(metrics))  # "acc", "val loss", or "acc / val loss"
     L += [
-        f"Reference arm: {', '.join(refs)}. Paired per seed over complete runs: Δacc = acc - acc_ref and "
-        "time ratio = t / t_ref (below 1: faster), mean ± std over the paired seeds; steps ratio the same for the "
-        "optimizer steps taken, which is what the time ratio becomes where a step takes the same time at every "
-        "batch size (a launch-bound GPU, spec section 3), and does not depend on the machine. acc %/s = final accuracy "
-        "/ training seconds, per run, averaged; it rewards any short run, so read it beside Δacc. Time to ref "
-        "acc: training seconds until the first evaluated epoch at or above the reference's mean final "
-        "accuracy (mean over the runs that got there; `reached` counts them).",
-        "",
+        f"Reference arm: {', '.join(refs)}. Paired per seed over complete runs: Δ{q} = {q} - {q} of the reference "
+        "and time ratio = t / t_ref (below 1: faster), mean ± std over the paired seeds; steps ratio the same for "
+        "the optimizer steps taken, which is what the time ratio becomes where a step takes the same time at every "
+        "batch size (a launch-bound GPU, spec section 3), and does not depend on the machine. acc %/s = final "
+        "accuracy / training seconds, per run, averaged; it rewards any short run, so read it beside Δacc. Time to "
+        f"ref {q}: training seconds until the first evaluated epoch at least as good as the reference's mean final "
+        f"{q} (mean over the runs that got there; `reached` counts them).",
+        *(["", "Language models: validation loss in nats per token, lower is better (a negative Δ is better); a "
+           "loss per second means nothing, so those rows have no acc %/s.", ""]
+          if "final_val_loss" in metrics else [""]),
         markdown_table(
-            [
-                "dataset",
-                "arch",
-                "arm",
-                "pairs",
-                "acc %",
-                "ref acc %",
-                "Δacc vs ref",
-                "time ratio",
-                "steps ratio",
-                "acc %/s",
-                "ref acc %/s",
-                "acc/s ratio",
-                "reached",
-                "time to ref acc s",
-                "timing",
-            ],
-            [
-                [
-                    r["dataset"],
-                    r["arch"],
-                    r["arm"],
-                    r["n_pairs"],
-                    _f(r["acc_mean"]),
-                    _f(r["reference_acc_mean"]),
-                    ""
-                    if r["arm"] == r["reference_arm"]
-                    else _signed(r["delta_acc"])
-                    + (f" ± {_f(r['delta_acc_std'])}" if _num(r["delta_acc_std"]) is not None else ""),
-                    "" if r["arm"] == r["reference_arm"] else _pm(r["time_ratio"], r["time_ratio_std"], 3),
-                    "" if r["arm"] == r["reference_arm"] else _pm(r["steps_ratio"], r["steps_ratio_std"], 3),
-                    _f(r["acc_per_s"], 4),
-                    _f(r["reference_acc_per_s"], 4),
-                    _x(r["acc_per_s_ratio"]),
-                    f"{r['reached_reference_acc']}/{r['n']}",
-                    _f(r["time_to_reference_acc_s"], 0),
-                    r["timing"],
-                ]
-                for _, r in t.iterrows()
-            ],
+            ["dataset", "arch", "arm", "pairs", "acc %" if q == "acc" else q, "ref acc %" if q == "acc" else f"ref {q}", f"Δ{q} vs ref",
+             "time ratio", "steps ratio", "acc %/s", "ref acc %/s", "acc/s ratio", "reached", f"time to ref {q} s",
+             "timing"],
+            [_vs_reference_row(r) for _, r in t.iterrows()],
         ),
         "",
     ]
     return L
+
+
+def _vs_reference_row(r: pd.Series) -> list[Any]:
+    digits = 3 if r.get("metric") == "final_val_loss" else 2  # a loss moves in the third decimal
+    is_ref = r["arm"] == r["reference_arm"]
+    delta = _signed(r["delta_acc"], digits) + (
+        f" ± {_f(r['delta_acc_std'], digits)}" if _num(r["delta_acc_std"]) is not None else "")
+    return [
+        r["dataset"], r["arch"], r["arm"], r["n_pairs"],
+        _f(r["acc_mean"], digits), _f(r["reference_acc_mean"], digits),
+        "" if is_ref else delta,
+        "" if is_ref else _pm(r["time_ratio"], r["time_ratio_std"], 3),
+        "" if is_ref else _pm(r["steps_ratio"], r["steps_ratio_std"], 3),
+        _f(r["acc_per_s"], 4), _f(r["reference_acc_per_s"], 4), _x(r["acc_per_s_ratio"]),
+        f"{r['reached_reference_acc']}/{r['n']}", _f(r["time_to_reference_acc_s"], 0), r["timing"],
+    ]
 
 
 def _render_goal(t: pd.DataFrame | None) -> list[str]:

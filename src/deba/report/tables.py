@@ -51,8 +51,10 @@ def table_vs_reference(runset: RunSet, reference: str | None = None) -> pd.DataF
         ratio = mean_std(t[k] / ref_t[k] for k in seeds if ref_t[k] > 0)
         st, ref_st = _steps_per_seed(done), _steps_per_seed(ref)
         steps_ratio = mean_std(st[k] / ref_st[k] for k in seeds if k in st and ref_st.get(k))
-        aps = mean_std(acc[k] / t[k] for k in acc if k in t and t[k] > 0)[0]
-        ref_aps = mean_std(ref_acc[k] / ref_t[k] for k in ref_acc if k in ref_t and ref_t[k] > 0)[0]
+        loss = any(not r.higher_is_better for r in done + ref)  # a language model: validation loss
+        # accuracy per second; a loss per second means nothing, so a loss row has none
+        aps = math.nan if loss else mean_std(acc[k] / t[k] for k in acc if k in t and t[k] > 0)[0]
+        ref_aps = math.nan if loss else mean_std(ref_acc[k] / ref_t[k] for k in ref_acc if k in ref_t and ref_t[k] > 0)[0]
         target = mean_std(ref_acc.values())[0]
         reach = [time_to_accuracy(r, target) for r in done] if not math.isnan(target) else []
         reached = [x for x in reach if x is not None]
@@ -64,6 +66,7 @@ def table_vs_reference(runset: RunSet, reference: str | None = None) -> pd.DataF
                 "epochs": epochs,
                 "arm": arm,
                 "reference_arm": ref_arm,
+                "metric": "final_val_loss" if loss else "final_test_acc",
                 "n": len(done),
                 "n_pairs": len(seeds),
                 "acc_mean": mean_std(acc.values())[0],
