@@ -1,7 +1,8 @@
 """Issue 13 quality table: deba's runs of nanoGPT's small CPU recipe beside nanoGPT's own loop (scripts/lm_reference.py).
 
 Reads the deba run folders (their ``summary.json``: ``final_val_loss`` over the whole validation split) and the
-reference result files (``lm_reference.py --out``), and prints a markdown table per seed, each side's mean,
+reference result files (``lm_reference.py --out``; with ``--eval-interval`` the estimate is the one nanoGPT
+prints at the last step, else a fresh 20-batch estimate), and prints a markdown table per seed, each side's mean,
 standard deviation and 95% t-interval, and Welch's 95% interval for the difference of the means (deba minus
 reference). Nothing is hard-coded: rerun it on the folders to regenerate the tables of docs/results/lm/README.md.
 
@@ -48,9 +49,13 @@ def main() -> None:
     for f in a.reference:
         r = json.loads(Path(f).read_text())
         ref[int(r["seed"])] = float(r["val_loss_whole_split"])
-        est[int(r["seed"])] = float(r["val_loss_nanogpt_estimate"])
+        evals = r.get("evals") or []
+        # run with --eval-interval: the estimate nanoGPT itself prints at the last step; else a fresh one
+        printed = evals and evals[-1]["iter"] == r["steps"]
+        est[int(r["seed"])] = float(evals[-1]["val"] if printed else r["val_loss_nanogpt_estimate"])
     label = a.reference_label
-    print(f"| seed | deba train, whole split | {label}, whole split | {label}, nanoGPT's 20-batch estimate |")
+    print(f"| seed | deba train, whole split | {label}, whole split | {label}, nanoGPT's 20-batch estimate at step "
+          f"{r['steps']} |")
     print("| --- | --- | --- | --- |")
     for seed in sorted(set(deba) | set(ref), key=lambda s: (s != 1337, s)):
         cells = [f"{x[seed]:.4f}" if seed in x else "" for x in (deba, ref, est)]
