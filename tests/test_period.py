@@ -296,3 +296,22 @@ def test_a_decision_record_survives_to_dict_and_from_dict():
     d = r.to_dict()
     assert d["steps"] == 7 and "extra" not in d
     assert DecisionRecord.from_dict(d) == r
+
+
+def test_a_face_whose_step_never_zeroes_the_gradient_can_turn_the_zeroed_gradient_check_off():
+    # deba train's step never zeroes .grad before a period closes, so a truly zero gradient is read as one
+    model = mlp()
+    x, y = dataset().tensors
+    for refuse in (True, False):
+        loop = PeriodLoop(FixedPolicy(8), where="face", refuse_zeroed_gradient=refuse)
+        loop.attach(model.parameters())
+        loss = nn.functional.cross_entropy(model(x[:8]), y[:8])
+        loss.backward()
+        loop.observe_step(loss, 8)
+        model.zero_grad(set_to_none=False)
+        if refuse:
+            with pytest.raises(DebaError, match="face: the gradients held in .grad at the end of the epoch are all zero"):
+                loop.close()
+        else:
+            r = loop.close()
+            assert r.grad_norm == 0.0 and r.decision == "hold" and not r.non_finite

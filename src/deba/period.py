@@ -52,9 +52,12 @@ class PeriodLoop:
 
     def __init__(self, policy: BatchSizePolicy, *, signals_mode: str = "last", every: int = 1,
                  resize: Callable[[int], Any] | None = None, lr: LRCoupling | None = None,
-                 where: str = "PeriodLoop", gns: bool = False):
+                 where: str = "PeriodLoop", gns: bool = False, refuse_zeroed_gradient: bool = True):
         self.policy = check_policy(policy, where)
         self.gns = bool(gns)  # gradient noise scale: the face reports two gradient sizes (docs/noise.md)
+        # a user's loop may zero .grad in place before the period closes (refused, with what to do); a face
+        # whose own step never does (deba train) turns the check off, so a truly zero gradient is not misread
+        self.refuse_zeroed_gradient = bool(refuse_zeroed_gradient)
         self.where = where
         self.signals_mode = signals_mode
         self.every = every
@@ -252,7 +255,7 @@ class PeriodLoop:
         # An all-zero gradient read from .grad at period end: the loop zeroed the gradients in place
         # (zero_grad(set_to_none=False)) before the period closed. Its statistics would read as perfect
         # calm and grow the batch every period; refuse instead.
-        if stats.get("grad_source") == "held" and stats["grad_norm"] == 0.0:
+        if self.refuse_zeroed_gradient and stats.get("grad_source") == "held" and stats["grad_norm"] == 0.0:
             raise DebaError(
                 f"{self.where}: the gradients held in .grad at the end of the epoch are all zero, so the loop "
                 "zeroed them (zero_grad(set_to_none=False)) before the epoch closed; close the epoch before "

@@ -237,8 +237,8 @@ class Trainer:
             graphs = "off"
         self.signals = GradientSignals([p for p in model.parameters() if p.requires_grad], mode=c.signals_mode,
                                        every=c.signals_every, gns=c.collects_noise, gns_every=c.gns_every)
-        self.period = PeriodLoop(self.policy, signals_mode=c.signals_mode, every=c.signals_every,
-                                 gns=c.collects_noise, where="deba train")  # closes and decides every period
+        self.period = PeriodLoop(self.policy, signals_mode=c.signals_mode, every=c.signals_every, gns=c.collects_noise,
+                                 where="deba train", refuse_zeroed_gradient=False)  # closes and decides every period
         self.period.attach(signals=self.signals)  # the step below feeds them (inside its CUDA graph)
         mode = {"auto": "auto", "on": "graph", "off": "eager"}[graphs]
         factory = self._step_factory or make_step
