@@ -660,7 +660,8 @@ def _golden_report(study_dir: Path, tmp_path: Path) -> str:
 
 def test_report_md_is_unchanged_by_the_package_split(study_dir, tmp_path):
     """report.md of a fixture with every section and every kind of note, byte for byte as the single-module
-    report.py wrote it (tests/data/report_golden.md, tmp path replaced by TMP)."""
+    report.py wrote it (tests/data/report_golden.md, tmp path replaced by TMP), plus the sections added on
+    purpose since (the paired table against `fixed`, the paper's constant-lr baseline)."""
     assert _golden_report(study_dir, tmp_path) == GOLDEN.read_text(encoding="utf-8")
 
 
