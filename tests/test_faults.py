@@ -29,8 +29,9 @@ from deba.training import safety
 from deba.training.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, CheckpointDamaged, load_checkpoint
 from deba.training.checkpoint import save_checkpoint
 from deba.training.config import TrainConfig
-from deba.training.step import make_step
 from deba.training.trainer import Interrupted, Trainer, init_distributed, train
+
+from hooked_step import HookedStep
 
 # fault number -> (what was found, what is checked); the table's rows (scripts/fault_table.py)
 FAULTS = {
@@ -378,29 +379,16 @@ def test_dist_timeout_reaches_the_process_group(monkeypatch):
 
 
 # --- 12: SIGTERM / SIGINT stop at the next step with a checkpoint -------------------------------------------
-class _SignalAt:
+class _SignalAt(HookedStep):
     """The real step; sends ``sig`` to this process during call number ``at`` (as a scheduler would)."""
 
     def __init__(self, at: int, sig: int):
-        self.at, self.sig, self.calls = at, sig, 0
+        super().__init__()
+        self.at, self.sig = at, sig
 
-    def factory(self, *args, **kwargs):
-        real = make_step(*args, **kwargs)
-        outer = self
-
-        class Step:
-            mode = "eager"
-
-            def __call__(self, x, y):
-                outer.calls += 1
-                real(x, y)
-                if outer.calls == outer.at:
-                    os.kill(os.getpid(), outer.sig)
-
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-        return Step()
+    def after(self) -> None:
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.sig)
 
 
 @fault(12)

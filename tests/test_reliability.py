@@ -15,8 +15,9 @@ import torch
 from deba.errors import DebaError
 from deba.logio import atomic_write_text
 from deba.training.config import TrainConfig
-from deba.training.step import make_step
 from deba.training.trainer import OOM_ERRORS, NonFiniteStop, Trainer, train
+
+from hooked_step import HookedStep
 
 GROWING = dict(arch="tiny_cnn", dataset="synthetic", device="cpu", quiet=True, start_batch=16, policy="deba",
                theta_stab=5.0, theta_conf=0.9, cooldown=0, deterministic=True)
@@ -106,30 +107,19 @@ def test_atomic_write_keeps_old_file_on_crash(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
 
 
-class _OOMAbove:
+class _OOMAbove(HookedStep):
     """Wraps the real step; raises an out-of-memory error for batches larger than `limit`, like a GPU would."""
 
     def __init__(self, limit):
+        super().__init__()
         self.limit = limit
         self.samples = []
 
-    def factory(self, *args, **kwargs):
-        real = make_step(*args, **kwargs)
-        outer = self
-
-        class Step:
-            mode = "eager"
-
-            def __call__(self, x, y):
-                if x.shape[0] > outer.limit:
-                    raise OOM_ERRORS[0]("CUDA out of memory (injected)")
-                outer.samples.append(int(x.shape[0]))
-                real(x, y)
-
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-        return Step()
+    def before(self, x):
+        if x.shape[0] > self.limit:
+            raise OOM_ERRORS[0]("CUDA out of memory (injected)")
+        self.samples.append(int(x.shape[0]))
+        return x
 
 
 def test_oom_at_grown_batch_caps_and_finishes_epoch(tmp_path):
@@ -153,28 +143,15 @@ def test_oom_at_grown_batch_caps_and_finishes_epoch(tmp_path):
     assert state["policy"]["b_max_cap"] == 24
 
 
-class _NaNAt:
+class _NaNAt(HookedStep):
+    """The real step, with the input of the calls numbered in ``epoch_step`` (1-based) made NaN."""
+
     def __init__(self, epoch_step):
+        super().__init__()
         self.bad = epoch_step
-        self.calls = 0
 
-    def factory(self, *args, **kwargs):
-        real = make_step(*args, **kwargs)
-        outer = self
-
-        class Step:
-            mode = "eager"
-
-            def __call__(self, x, y):
-                outer.calls += 1
-                if outer.calls in outer.bad:
-                    x = x * float("nan")
-                real(x, y)
-
-            def __getattr__(self, name):
-                return getattr(real, name)
-
-        return Step()
+    def before(self, x):
+        return x * float("nan") if self.calls in self.bad else x
 
 
 def test_nonfinite_epoch_is_discarded_and_model_restored(tmp_path):
